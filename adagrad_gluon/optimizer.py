@@ -1,0 +1,261 @@
+"""``AdagradScratch``: Adagrad as a first-class Gluon optimizer, registered as ``adagrad_scratch``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import mxnet as mx
+import numpy as np
+from mxnet import nd
+
+from .functional import (
+    EPS_PLACEMENTS,
+    WEIGHT_DECAY_MODES,
+    adagrad_update,
+    adagrad_update_row_sparse,
+)
+
+REGISTERED_NAME = "adagrad_scratch"
+
+
+def _check_number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number >= (or >) ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
+    return value
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+class AdagradScratch(mx.optimizer.Optimizer):
+    r"""Adagrad (Duchi, Hazan and Singer, JMLR 2011), written from scratch for MXNet Gluon.
+
+    Use it by name: ``gluon.Trainer(params, 'adagrad_scratch', {'learning_rate': 0.1})`` or
+    ``mx.optimizer.create('adagrad_scratch', learning_rate=0.1)``.
+
+    Every parameter keeps an accumulator ``s`` of its squared gradients, and every coordinate
+    gets its own step size ``lr / sqrt(s + eps)``. One step, with the defaults::
+
+        g = clip(rescale_grad * grad, -clip_gradient, clip_gradient)
+        s = s + g * g
+        w = w - lr * (g / sqrt(s + eps) + wd * w)
+
+    This is MXNet 1.9.1's ``adagrad`` update with the chapter's ``eps = 1e-6`` (the built-in
+    defaults to 1e-7); with equal ``eps`` the two agree step for step. Where ``s == 0`` the
+    update is 0, so zero gradients never give NaN, even with ``eps = 0``. The options below
+    generalise the formula; :mod:`adagrad_gluon.functional` states the full update.
+
+    ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
+    update: only the rows present in the gradient, and their accumulator rows, change. A lazy
+    update cannot apply weight decay to the rows it skips, so it requires ``wd == 0``
+    (a ``ValueError`` otherwise, as the built-in refuses too).
+
+    The accumulator is float32 (float64 for float64 weights). float16 weights are updated in
+    float32 and rounded back; with ``multi_precision=True`` a float32 master copy of the weight
+    is kept as well.
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.01
+        The global step size ``lr``; finite and >= 0.
+    eps : float, default 1e-6
+        Added to the accumulator (or its root, see ``eps_placement``); finite and >= 0.
+    eps_placement : {'inside', 'outside'}, default 'inside'
+        ``g / sqrt(s + eps)`` (MXNet 1.x, d2l) or ``g / (sqrt(s) + eps)`` (PyTorch).
+    initial_accumulator_value : float, default 0.0
+        The value every accumulator starts at; finite and >= 0.
+    lr_decay : float, default 0.0
+        ``lr_t = lr / (1 + (t - 1) * lr_decay)``, with ``t`` the number of updates of that
+        parameter so far, this one included (as PyTorch counts); finite and >= 0.
+    weight_decay_mode : {'step', 'l2', 'decoupled'}, default 'step'
+        Where ``wd * w`` enters: the step (MXNet 1.x), the gradient before it is accumulated
+        (PyTorch, MXNet 2.0), or a separate ``w -= lr * wd * w`` (Keras).
+    maximize : bool, default False
+        Ascend instead of descend (the gradient is negated after clipping).
+    **kwargs
+        Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
+        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        eps: float = 1e-6,
+        eps_placement: str = "inside",
+        initial_accumulator_value: float = 0.0,
+        lr_decay: float = 0.0,
+        weight_decay_mode: str = "step",
+        maximize: bool = False,
+        **kwargs,
+    ):
+        lr_scheduler = kwargs.get("lr_scheduler")
+        if learning_rate is None and lr_scheduler is None:
+            learning_rate = 0.01
+        if learning_rate is not None:
+            learning_rate = _check_number("learning_rate", learning_rate)
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise TypeError(f"lr_scheduler must be callable, got {lr_scheduler!r}")
+        kwargs["wd"] = _check_number("wd", kwargs.get("wd", 0.0))
+        kwargs["rescale_grad"] = _check_number(
+            "rescale_grad", kwargs.get("rescale_grad", 1.0), strict=True
+        )
+        clip = kwargs.get("clip_gradient")
+        if clip is not None:
+            kwargs["clip_gradient"] = _check_number("clip_gradient", clip, strict=True)
+        begin = kwargs.get("begin_num_update", 0)
+        if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
+            raise ValueError(f"begin_num_update must be an integer >= 0, got {begin!r}")
+        if not isinstance(kwargs.get("multi_precision", False), bool):
+            raise TypeError(
+                f"multi_precision must be True or False, got {kwargs['multi_precision']!r}"
+            )
+        if not isinstance(maximize, bool):
+            raise TypeError(f"maximize must be True or False, got {maximize!r}")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.eps = _check_number("eps", eps)
+        self.eps_placement = _check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+        self.initial_accumulator_value = _check_number(
+            "initial_accumulator_value", initial_accumulator_value
+        )
+        self.lr_decay = _check_number("lr_decay", lr_decay)
+        self.weight_decay_mode = _check_choice(
+            "weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES
+        )
+        self.maximize = maximize
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Set the global learning rate (validated as in ``__init__``)."""
+        super().set_learning_rate(_check_number("learning_rate", lr))
+
+    # -- state -------------------------------------------------------------------------------
+
+    def create_state(self, index, weight: nd.NDArray) -> nd.NDArray:
+        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
+        _check_dense_weight(weight)
+        dtype = np.float64 if weight.dtype == np.float64 else np.float32
+        return nd.full(weight.shape, self.initial_accumulator_value, weight.context, dtype=dtype)
+
+    def create_state_multi_precision(self, index, weight: nd.NDArray):
+        """``(float32 master weight, accumulator)`` for float16 weights with
+        ``multi_precision``; otherwise the accumulator alone."""
+        if self.multi_precision and weight.dtype == np.float16:
+            master = weight.astype(np.float32)
+            return (master, self.create_state(index, master))
+        return self.create_state(index, weight)
+
+    # -- update ------------------------------------------------------------------------------
+
+    def current_lr(self, index) -> float:
+        """The learning rate of parameter ``index`` for the update counted last: the scheduler's
+        (or global) rate times its ``lr_mult``, decayed by ``lr_decay``."""
+        lr = self._get_lr(index)
+        if self.lr_decay:
+            t = self._index_update_count.get(index, self.begin_num_update)
+            lr /= 1.0 + (t - 1) * self.lr_decay
+        return lr
+
+    def effective_lr(self, index, state) -> nd.NDArray:
+        """Each coordinate's current step size for parameter ``index``, given its ``state``:
+        ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``).
+
+        Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
+        chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
+        see :func:`adagrad_gluon.diagnostics.effective_learning_rates`.
+        """
+        acc = state[1] if isinstance(state, (tuple, list)) else state
+        if self.eps_placement == "inside":
+            return self.current_lr(index) / nd.sqrt(acc + self.eps)
+        return self.current_lr(index) / (nd.sqrt(acc) + self.eps)
+
+    def update(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
+        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
+        self.update_multi_precision(index, weight, grad, state)
+
+    def update_multi_precision(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
+        """Update ``weight`` in place; handles float16 weights with or without master copies."""
+        master, acc = state if isinstance(state, (tuple, list)) else (None, state)
+        _check_arrays(self._name(index), weight, grad, acc, master)
+        self._update_count(index)
+        wd = self._get_wd(index)
+        is_sparse = grad.stype == "row_sparse"
+        if is_sparse and wd:
+            raise ValueError(
+                f"parameter {self._name(index)}: a row_sparse gradient gets a lazy update, "
+                f"which cannot apply weight decay to the rows it skips; set wd=0 (or wd_mult=0 "
+                f"for this parameter), or use a dense gradient (got wd={wd})"
+            )
+        options = dict(
+            lr=self.current_lr(index),
+            wd=wd,
+            eps=self.eps,
+            rescale_grad=self.rescale_grad,
+            clip_gradient=self.clip_gradient,
+            eps_placement=self.eps_placement,
+            weight_decay_mode=self.weight_decay_mode,
+            maximize=self.maximize,
+        )
+        step = adagrad_update_row_sparse if is_sparse else adagrad_update
+        if weight.dtype == acc.dtype:
+            step(weight, grad, acc, **options)
+            return
+        # float16 weight: step in the accumulator's precision, then round into the weight
+        work = master if master is not None else weight.astype(acc.dtype)
+        step(work, grad.astype(acc.dtype), acc, **options)
+        nd.cast(work, dtype=weight.dtype, out=weight)
+
+    def _name(self, index) -> str:
+        return repr(self.idx2name.get(index, index))
+
+
+def _check_dense_weight(weight) -> None:
+    if not isinstance(weight, nd.NDArray):
+        raise TypeError(f"weight must be an mxnet NDArray, got {type(weight).__name__}")
+    if weight.stype != "default":
+        raise TypeError(
+            f"adagrad_scratch updates dense weights (row_sparse gradients are fine); "
+            f"got a {weight.stype} weight"
+        )
+    if weight.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"weight must be float16, float32 or float64, got {weight.dtype}")
+
+
+def _check_arrays(name: str, weight, grad, acc, master) -> None:
+    """Refuse mismatched shapes or types instead of letting MXNet broadcast them."""
+    _check_dense_weight(weight)
+    if not isinstance(grad, nd.NDArray):
+        raise TypeError(f"gradient of parameter {name} must be an NDArray, got {type(grad)}")
+    if grad.shape != weight.shape:
+        raise ValueError(
+            f"parameter {name}: gradient shape {grad.shape} does not match "
+            f"weight shape {weight.shape}"
+        )
+    for what, array in (("accumulator", acc), ("master weight", master)):
+        if array is None:
+            continue
+        if not isinstance(array, nd.NDArray):
+            raise TypeError(f"parameter {name}: {what} must be an NDArray, got {type(array)}")
+        if array.shape != weight.shape:
+            raise ValueError(
+                f"parameter {name}: {what} (optimizer state) shape {array.shape} does not "
+                f"match weight shape {weight.shape}"
+            )
+
+
+def register() -> None:
+    """Register :class:`AdagradScratch` under the name ``adagrad_scratch``.
+
+    ``@mx.optimizer.register`` would file the class as ``adagradscratch`` (its lower-cased
+    name), so the registry entry is written directly. Idempotent.
+    """
+    mx.optimizer.Optimizer.opt_registry[REGISTERED_NAME] = AdagradScratch

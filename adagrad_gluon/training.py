@@ -1,0 +1,164 @@
+"""The chapter's training loops: linear regression on the airfoil data (``train_ch10``,
+``train_concise_ch10``), as d2l writes them, returning the numbers instead of drawing them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon, init, nd
+
+RECORD_EVERY = 200  # examples between two evaluations of the full-data loss, as in d2l
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``losses`` holds ``(epoch_fraction, loss)`` pairs: the mean loss over the whole data set,
+    recorded every 200 examples and after the last batch. ``sec_per_epoch`` counts training
+    only, not those evaluations. ``params`` holds the trained ``weight`` (``(feature_dim,)``)
+    and ``bias`` (``(1,)``) as numpy arrays.
+    """
+
+    name: str
+    final_loss: float
+    losses: list[tuple[float, float]]
+    sec_per_epoch: float
+    params: dict[str, np.ndarray] = field(repr=False)
+
+
+def linreg(X: nd.NDArray, w: nd.NDArray, b: nd.NDArray) -> nd.NDArray:
+    """The linear regression model ``X w + b``."""
+    return nd.dot(X, w) + b
+
+
+def squared_loss(y_hat: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
+    """Per-example squared loss ``(y_hat - y)**2 / 2``."""
+    return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+
+def evaluate_loss(net: Callable, data_iter: Iterable, loss: Callable = squared_loss) -> float:
+    """The mean of ``loss`` over every example of ``data_iter``."""
+    if hasattr(data_iter, "full_batch"):  # an ArrayLoader: one forward pass over everything
+        X, y = data_iter.full_batch()
+        return float(loss(net(X), y).mean().asscalar())
+    total, count = 0.0, 0
+    for X, y in data_iter:
+        total += float(loss(net(X), y).sum().asscalar())
+        count += y.shape[0]
+    return total / count
+
+
+def _seed(seed: int | None) -> None:
+    if seed is not None:
+        np.random.seed(seed)  # batch order
+        mx.random.seed(seed)  # initial weights
+
+
+def _check_epochs(num_epochs) -> int:
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be an integer >= 1, got {num_epochs!r}")
+    return num_epochs
+
+
+def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net: Callable,
+           params: Callable[[], dict[str, np.ndarray]], data_iter: Iterable,
+           num_epochs: int, progress=None) -> TrainResult:
+    """Run ``batch_step(X, y)`` over ``num_epochs`` passes of ``data_iter``, recording the
+    full-data loss every ``RECORD_EVERY`` examples and at the end. ``progress``, if given, is
+    told of every batch with ``progress.update(1)`` (a ``tqdm`` bar fits)."""
+    num_batches = len(data_iter)
+    losses: list[tuple[float, float]] = []
+    seen, batches, train_seconds = 0, 0, 0.0
+    start = time.perf_counter()
+    for _ in range(num_epochs):
+        for X, y in data_iter:
+            batch_step(X, y)
+            batches += 1
+            if progress is not None:
+                progress.update(1)
+            crossed = (seen + y.shape[0]) // RECORD_EVERY > seen // RECORD_EVERY
+            seen += y.shape[0]
+            if crossed:
+                nd.waitall()
+                train_seconds += time.perf_counter() - start
+                losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+                start = time.perf_counter()
+    nd.waitall()
+    train_seconds += time.perf_counter() - start
+    if not losses or losses[-1][0] != batches / num_batches:
+        losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+    return TrainResult(name, losses[-1][1], losses, train_seconds / num_epochs, params())
+
+
+def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: dict,
+               data_iter: Iterable, feature_dim: int, num_epochs: int = 2,
+               seed: int | None = None, name: str | None = None,
+               progress=None) -> TrainResult:
+    """Train linear regression with a from-scratch optimizer ``trainer_fn(params, states,
+    hyperparams)``, e.g. :func:`adagrad_gluon.chapter.adagrad`.
+
+    Weights start ~ N(0, 0.01²), the bias at 0; the loss is the batch mean of
+    :func:`squared_loss`. ``seed`` seeds numpy's and MXNet's global RNGs, so runs with one
+    seed start from the same weights and see the same batches as :func:`train_concise_ch10`.
+    ``name`` labels the result (default: the function's name); ``progress`` gets
+    ``update(1)`` after every batch.
+    """
+    num_epochs = _check_epochs(num_epochs)
+    _seed(seed)
+    w = nd.random.normal(scale=0.01, shape=(feature_dim, 1))
+    b = nd.zeros(1)
+    w.attach_grad()
+    b.attach_grad()
+
+    def net(X):
+        return linreg(X, w, b)
+
+    def batch_step(X, y):
+        with autograd.record():
+            loss = squared_loss(net(X), y).mean()
+        loss.backward()
+        trainer_fn([w, b], states, hyperparams)
+
+    def params():
+        return {"weight": w.asnumpy().reshape(-1), "bias": b.asnumpy()}
+
+    name = name or getattr(trainer_fn, "__name__", "scratch")
+    return _train(name, batch_step, net, params, data_iter, num_epochs, progress)
+
+
+def train_concise_ch10(trainer_name: str | mx.optimizer.Optimizer, hyperparams: dict,
+                       data_iter: Iterable, num_epochs: int = 2,
+                       seed: int | None = None, name: str | None = None,
+                       progress=None) -> TrainResult:
+    """Train linear regression with ``gluon.Trainer(params, trainer_name, hyperparams)``.
+
+    A hybridized ``nn.Dense(1)``, initialized ~ N(0, 0.01²), with ``gluon.loss.L2Loss``; the
+    same seed gives the same initial weights and batches as :func:`train_ch10`. ``name``
+    labels the result (default: the optimizer's name); ``progress`` as in :func:`train_ch10`.
+    """
+    num_epochs = _check_epochs(num_epochs)
+    _seed(seed)
+    net = gluon.nn.Dense(1)
+    net.initialize(init.Normal(sigma=0.01))
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), trainer_name, hyperparams)
+    loss = gluon.loss.L2Loss()
+
+    def batch_step(X, y):
+        with autograd.record():
+            l_batch = loss(net(X), y)
+        l_batch.backward()
+        trainer.step(X.shape[0])
+
+    def params():
+        return {"weight": net.weight.data().asnumpy().reshape(-1),
+                "bias": net.bias.data().asnumpy()}
+
+    if name is None:
+        name = trainer_name if isinstance(trainer_name, str) else type(trainer_name).__name__
+    return _train(name, batch_step, net, params, data_iter, num_epochs, progress)
