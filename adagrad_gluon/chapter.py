@@ -66,6 +66,6 @@ def adagrad(
 ) -> None:
     """The chapter's from-scratch Adagrad: ``s += g**2; p -= lr * g / sqrt(s + eps)``."""
     eps = 1e-6
-    for p, s in zip(params, states):
+    for p, s in zip(params, states, strict=True):
         s[:] += nd.square(p.grad)
         p[:] -= hyperparams["lr"] * p.grad / nd.sqrt(s + eps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def airfoil_path(data_dir: str | os.PathLike | None = None) -> Path:
 def read_airfoil(path: str | os.PathLike) -> np.ndarray:
     """Parse the airfoil file: ``(rows, 6)`` float32, tab-separated, no header."""
     try:
-        data = np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": see below
+            data = np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
     except ValueError as exc:
         raise DataFileError(f"{path} does not parse as tab-separated numbers: {exc}") from exc
     if data.shape[0] == 0 or data.shape[1] != NUM_COLUMNS:

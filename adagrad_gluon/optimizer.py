@@ -1,4 +1,4 @@
-"""``AdagradScratch``: Adagrad as a first-class Gluon optimizer, registered as ``adagrad_scratch``."""
+"""``AdagradScratch``: Adagrad as a Gluon optimizer, registered as ``adagrad_scratch``."""
 
 from __future__ import annotations
 

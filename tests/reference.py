@@ -1,0 +1,37 @@
+"""A plain float64 numpy Adagrad, written from the formulas, to test every path against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def adagrad_reference(w, g, s, *, lr, wd=0.0, eps=1e-6, rescale_grad=1.0, clip_gradient=None,
+                      eps_placement="inside", weight_decay_mode="step", maximize=False):
+    """One step in float64; returns the new ``(w, s)`` and leaves the inputs alone."""
+    w, g, s = (np.asarray(a, dtype=np.float64) for a in (w, g, s))
+    g = g * rescale_grad
+    if clip_gradient is not None:
+        g = np.clip(g, -clip_gradient, clip_gradient)
+    if maximize:
+        g = -g
+    if weight_decay_mode == "l2":
+        g = g + wd * w
+    s = s + g * g
+    denom = np.sqrt(s + eps) if eps_placement == "inside" else np.sqrt(s) + eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(s > 0, g / denom, 0.0)
+    if weight_decay_mode == "step":
+        w = w - lr * (d + wd * w)
+    elif weight_decay_mode == "decoupled":
+        w = w - lr * wd * w - lr * d
+    else:
+        w = w - lr * d
+    return w, s
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected|: the error relative to the tensor's scale."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
