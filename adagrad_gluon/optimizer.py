@@ -9,6 +9,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
+from . import compat as compat_presets
 from .functional import (
     EPS_PLACEMENTS,
     WEIGHT_DECAY_MODES,
@@ -69,20 +70,24 @@ class AdagradScratch(mx.optimizer.Optimizer):
     ----------
     learning_rate : float, default 0.01
         The global step size ``lr``; finite and >= 0.
-    eps : float, default 1e-6
+    eps : float, default 1e-6 (from ``compat``)
         Added to the accumulator (or its root, see ``eps_placement``); finite and >= 0.
-    eps_placement : {'inside', 'outside'}, default 'inside'
+    eps_placement : {'inside', 'outside'}, default 'inside' (from ``compat``)
         ``g / sqrt(s + eps)`` (MXNet 1.x, d2l) or ``g / (sqrt(s) + eps)`` (PyTorch).
-    initial_accumulator_value : float, default 0.0
+    initial_accumulator_value : float, default 0.0 (from ``compat``)
         The value every accumulator starts at; finite and >= 0.
     lr_decay : float, default 0.0
         ``lr_t = lr / (1 + (t - 1) * lr_decay)``, with ``t`` the number of updates of that
         parameter so far, this one included (as PyTorch counts); finite and >= 0.
-    weight_decay_mode : {'step', 'l2', 'decoupled'}, default 'step'
+    weight_decay_mode : {'step', 'l2', 'decoupled'}, default 'step' (from ``compat``)
         Where ``wd * w`` enters: the step (MXNet 1.x), the gradient before it is accumulated
         (PyTorch, MXNet 2.0), or a separate ``w -= lr * wd * w`` (Keras).
     maximize : bool, default False
         Ascend instead of descend (the gradient is negated after clipping).
+    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax'}, default 'd2l'
+        A preset for the four options above, as that framework defines Adagrad (table in
+        :mod:`adagrad_gluon.compat`); explicit arguments win. With ``'pytorch'`` the names
+        ``lr`` and ``weight_decay`` are accepted too.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -91,14 +96,26 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def __init__(
         self,
         learning_rate: float | None = None,
-        eps: float = 1e-6,
-        eps_placement: str = "inside",
-        initial_accumulator_value: float = 0.0,
+        eps: float | None = None,
+        eps_placement: str | None = None,
+        initial_accumulator_value: float | None = None,
         lr_decay: float = 0.0,
-        weight_decay_mode: str = "step",
+        weight_decay_mode: str | None = None,
         maximize: bool = False,
+        compat: str = "d2l",
         **kwargs,
     ):
+        if compat not in compat_presets.PRESETS:
+            compat_presets.resolve(compat, {})  # raises the ValueError listing the presets
+        kwargs = compat_presets.translate_pytorch_names(
+            compat, {"learning_rate": learning_rate, **kwargs}
+        )
+        learning_rate = kwargs.pop("learning_rate")
+        options = compat_presets.resolve(compat, dict(
+            eps=eps, eps_placement=eps_placement,
+            initial_accumulator_value=initial_accumulator_value,
+            weight_decay_mode=weight_decay_mode,
+        ))
         lr_scheduler = kwargs.get("lr_scheduler")
         if learning_rate is None and lr_scheduler is None:
             learning_rate = 0.01
@@ -123,14 +140,17 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if not isinstance(maximize, bool):
             raise TypeError(f"maximize must be True or False, got {maximize!r}")
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.eps = _check_number("eps", eps)
-        self.eps_placement = _check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+        self.compat = compat
+        self.eps = _check_number("eps", options["eps"])
+        self.eps_placement = _check_choice(
+            "eps_placement", options["eps_placement"], EPS_PLACEMENTS
+        )
         self.initial_accumulator_value = _check_number(
-            "initial_accumulator_value", initial_accumulator_value
+            "initial_accumulator_value", options["initial_accumulator_value"]
         )
         self.lr_decay = _check_number("lr_decay", lr_decay)
         self.weight_decay_mode = _check_choice(
-            "weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES
+            "weight_decay_mode", options["weight_decay_mode"], WEIGHT_DECAY_MODES
         )
         self.maximize = maximize
 

@@ -81,7 +81,7 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
     "kwargs, name",
     [
         ({"learning_rate": "0.1"}, "learning_rate"),
-        ({"eps": None}, "eps"),
+        ({"eps": "1e-6"}, "eps"),
         ({"wd": True}, "wd"),
         ({"maximize": "yes"}, "maximize"),
         ({"multi_precision": 1}, "multi_precision"),
