@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,8 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError) as exc:  # not an npz, truncated, pickled objects
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not an npz,
+        # truncated, or holding pickled objects (refused by allow_pickle=False)
         raise OSError(f"{path} is not a readable adagrad_gluon state file: {exc}") from exc
     if "meta" not in arrays:
         raise ValueError(f"{path} has no 'meta' entry: not an adagrad_gluon state file")

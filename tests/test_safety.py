@@ -1,0 +1,203 @@
+"""Files that cannot hurt: the state file refuses anything but its own schema (no pickle), a
+writer killed mid-save leaves the previous checkpoint intact, and the data parser turns any
+malformed file into a clear error."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mxnet import autograd, gluon, nd
+
+from adagrad_gluon.data import DataFileError, read_airfoil
+from adagrad_gluon.state import FORMAT, VERSION, load_states, save_states
+
+
+def _trainer(prefix="safe_", step=False):
+    net = gluon.nn.Dense(3, in_units=4, prefix=prefix)
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1})
+    if step:  # states exist from the first update on
+        with autograd.record():
+            loss = net(nd.ones((2, 4))).sum()
+        loss.backward()
+        trainer.step(2)
+    return trainer
+
+
+@pytest.fixture
+def saved(tmp_path):
+    trainer = _trainer(step=True)
+    path = tmp_path / "states.npz"
+    save_states(trainer, path)
+    return path
+
+
+def _meta(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(str(npz["meta"])), {k: npz[k] for k in npz.files if k != "meta"}
+
+
+def _rewrite(path, meta, arrays, **extra):
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays, **extra)
+
+
+def test_round_trip_of_a_fresh_trainer(saved):
+    load_states(_trainer(), saved)
+    meta, arrays = _meta(saved)
+    assert meta["format"] == FORMAT and meta["version"] == VERSION
+    assert sorted(arrays) == ["acc/0", "acc/1"]
+
+
+def test_a_pickled_object_array_is_refused_without_being_unpickled(tmp_path, saved):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    meta, arrays = _meta(saved)
+    arrays["acc/0"] = np.array([Evil()], dtype=object)
+    with open(saved, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)  # np.savez pickles objects
+    with pytest.raises(OSError, match="not a readable adagrad_gluon state file"):
+        load_states(_trainer(), saved)
+    assert not marker.exists()
+
+
+def test_a_trainer_pickle_is_not_a_state_file(tmp_path):
+    trainer = _trainer()
+    trainer.save_states(str(tmp_path / "pickle"))
+    with pytest.raises(OSError, match="not a readable adagrad_gluon state file"):
+        load_states(_trainer(), tmp_path / "pickle")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m, a: m.update(version=2), "version 2"),
+    (lambda m, a: m.update(format="something"), "not an adagrad_gluon state file"),
+    (lambda m, a: m["options"].update(eps=1e-7), "eps: saved 1e-07"),
+    (lambda m, a: m["params"][0].update(name="other_bias"), "'other_bias' in the file"),
+    (lambda m, a: m["params"][0].update(dtype="float16"), "float16 in the file"),
+    (lambda m, a: m["params"][0].update(index=7), "parameter #7"),
+    (lambda m, a: a.update({"acc/0": np.zeros(4, np.float32)}), r"acc/0 should be .*\(3,\)"),
+    (lambda m, a: a.update({"acc/0": np.zeros(3, np.int64)}), "acc/0 should be a float"),
+    (lambda m, a: a.update({"extra": np.zeros(1)}), "unexpected arrays"),
+    (lambda m, a: a.pop("acc/1"), "acc/1 should be"),
+])
+def test_schema_violations_are_refused(saved, change, match):
+    meta, arrays = _meta(saved)
+    change(meta, arrays)
+    _rewrite(saved, meta, arrays)
+    with pytest.raises(ValueError, match=match):
+        load_states(_trainer(), saved)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"\x93NUMPY garbage"])
+def test_garbage_and_truncated_files_are_refused(tmp_path, content):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    with pytest.raises(OSError, match="bad.npz"):
+        load_states(_trainer(), path)
+
+
+def test_truncated_real_file_is_refused(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="not a readable"):
+        load_states(_trainer(), saved)
+
+
+WRITER = r"""
+import sys
+import numpy as np
+from mxnet import gluon, nd
+import adagrad_gluon
+from adagrad_gluon.state import save_states
+
+path, size = sys.argv[1], int(sys.argv[2])
+net = gluon.nn.Dense(size, in_units=64, prefix="big_")
+net.initialize()
+trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1})
+trainer._init_kvstore()
+version = 0
+while True:
+    version += 1
+    for updater in trainer._updaters:
+        for index, param in enumerate(trainer._params):
+            updater.states[index] = nd.full(param.shape, version)
+    save_states(trainer, path)
+    print(version, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL a process that keeps rewriting a ~25 MB checkpoint, at several moments; the
+    file is always a complete, loadable version."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = tmp_path / "ckpt.npz"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(path), "100000"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            first = proc.stdout.readline()  # one complete save
+            assert first.strip(), "writer produced no checkpoint"
+            time.sleep(float(rng.uniform(0.0, 0.4)))  # somewhere inside a later save
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()
+        kills += 1
+        net = gluon.nn.Dense(100000, in_units=64, prefix="big_")
+        net.initialize()
+        reader = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1})
+        load_states(reader, path)
+        accs = [reader._updaters[0].states[i].asnumpy() for i in (0, 1)]
+        versions = {float(a.min()) for a in accs} | {float(a.max()) for a in accs}
+        assert len(versions) == 1, "a checkpoint mixed two saves"
+    leftovers = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert len(leftovers) <= kills  # only temporaries of killed saves; never the checkpoint
+
+
+# -- the data parser -------------------------------------------------------------------------
+
+cells = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-10**6, 10**6).map(str),
+    st.text(alphabet="0123456789.eE+-xabc ,;", max_size=8),
+)
+rows = st.lists(cells, min_size=0, max_size=8).map("\t".join)
+files = st.lists(rows, min_size=0, max_size=6).map("\r\n".join).map(str.encode)
+
+
+@settings(max_examples=200, deadline=None)
+@given(content=st.one_of(files, st.binary(max_size=200)))
+def test_any_file_parses_or_raises_a_clear_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "data.dat"
+    path.write_bytes(content)
+    try:
+        data = read_airfoil(path)
+    except DataFileError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert data.ndim == 2 and data.shape[1] == 6 and data.shape[0] >= 1
+        assert np.isfinite(data).all() and data.dtype == np.float32
+
+
+def test_a_huge_file_is_refused_by_its_checksum_without_parsing(tmp_path):
+    from adagrad_gluon.data import get_data_ch10
+
+    big = tmp_path / "airfoil_self_noise.dat"
+    with open(big, "wb") as f:
+        f.write(b"1\t2\t3\t4\t5\t6\r\n" * 2_000_000)  # 26 MB
+    with pytest.raises(DataFileError, match="SHA-1"):
+        get_data_ch10(data_dir=tmp_path)
