@@ -69,3 +69,27 @@ def adagrad(
     for p, s in zip(params, states, strict=True):
         s[:] += nd.square(p.grad)
         p[:] -= hyperparams["lr"] * p.grad / nd.sqrt(s + eps)
+
+
+def init_rmsprop_states(feature_dim: int) -> tuple[nd.NDArray, nd.NDArray]:
+    """Zero leaky accumulators for :func:`rmsprop`, shaped as :func:`init_adagrad_states`'s."""
+    return init_adagrad_states(feature_dim)
+
+
+def rmsprop(
+    params: Sequence[nd.NDArray], states: Sequence[nd.NDArray], hyperparams: dict
+) -> None:
+    """The remedy for Adagrad's decaying rate, from the book's RMSProp chapter (Tieleman and
+    Hinton, 2012): a leaky average instead of a sum of squared gradients,
+    ``s = gamma * s + (1 - gamma) * g**2; p -= lr * g / sqrt(s + eps)``, with
+    ``hyperparams = {'lr': ..., 'gamma': ...}`` and ``0 <= gamma < 1``.
+
+    The accumulator forgets old gradients, so the step size ``lr / sqrt(s + eps)`` settles
+    instead of shrinking like ``1 / sqrt(t)``.
+    """
+    gamma, eps = hyperparams["gamma"], 1e-6
+    if not 0 <= gamma < 1:
+        raise ValueError(f"hyperparams['gamma'] must be in [0, 1), got {gamma!r}")
+    for p, s in zip(params, states, strict=True):
+        s[:] = gamma * s + (1 - gamma) * nd.square(p.grad)
+        p[:] -= hyperparams["lr"] * p.grad / nd.sqrt(s + eps)

@@ -67,13 +67,21 @@ def _check_epochs(num_epochs) -> int:
 
 def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net: Callable,
            params: Callable[[], dict[str, np.ndarray]], data_iter: Iterable,
-           num_epochs: int, progress=None) -> TrainResult:
+           num_epochs: int, progress=None,
+           on_record: Callable[[float], None] | None = None) -> TrainResult:
     """Run ``batch_step(X, y)`` over ``num_epochs`` passes of ``data_iter``, recording the
     full-data loss every ``RECORD_EVERY`` examples and at the end. ``progress``, if given, is
-    told of every batch with ``progress.update(1)`` (a ``tqdm`` bar fits)."""
+    told of every batch with ``progress.update(1)`` (a ``tqdm`` bar fits); ``on_record``, if
+    given, is called with the epoch fraction after every recorded loss (outside the timing)."""
     num_batches = len(data_iter)
     losses: list[tuple[float, float]] = []
     seen, batches, train_seconds = 0, 0, 0.0
+
+    def record() -> None:
+        losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+        if on_record is not None:
+            on_record(losses[-1][0])
+
     start = time.perf_counter()
     for _ in range(num_epochs):
         for X, y in data_iter:
@@ -86,19 +94,26 @@ def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net:
             if crossed:
                 nd.waitall()
                 train_seconds += time.perf_counter() - start
-                losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+                record()
                 start = time.perf_counter()
     nd.waitall()
     train_seconds += time.perf_counter() - start
     if not losses or losses[-1][0] != batches / num_batches:
-        losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+        record()
     return TrainResult(name, losses[-1][1], losses, train_seconds / num_epochs, params())
+
+
+def _bind(on_record: Callable[[float, object], None] | None,
+          holder: object) -> Callable[[float], None] | None:
+    """``on_record(epoch_fraction, holder)`` as the one-argument hook ``_train`` calls."""
+    return None if on_record is None else (lambda epoch: on_record(epoch, holder))
 
 
 def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: dict,
                data_iter: Iterable, feature_dim: int, num_epochs: int = 2,
-               seed: int | None = None, name: str | None = None,
-               progress=None) -> TrainResult:
+               seed: int | None = None, name: str | None = None, progress=None,
+               on_record: Callable[[float, Sequence[nd.NDArray]], None] | None = None,
+               ) -> TrainResult:
     """Train linear regression with a from-scratch optimizer ``trainer_fn(params, states,
     hyperparams)``, e.g. :func:`adagrad_gluon.chapter.adagrad`.
 
@@ -106,7 +121,8 @@ def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: 
     :func:`squared_loss`. ``seed`` seeds numpy's and MXNet's global RNGs, so runs with one
     seed start from the same weights and see the same batches as :func:`train_concise_ch10`.
     ``name`` labels the result (default: the function's name); ``progress`` gets
-    ``update(1)`` after every batch.
+    ``update(1)`` after every batch; ``on_record(epoch_fraction, states)`` is called whenever
+    a loss is recorded (e.g. :class:`adagrad_gluon.diagnostics.EffectiveLRRecorder`).
     """
     num_epochs = _check_epochs(num_epochs)
     _seed(seed)
@@ -128,18 +144,22 @@ def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: 
         return {"weight": w.asnumpy().reshape(-1), "bias": b.asnumpy()}
 
     name = name or getattr(trainer_fn, "__name__", "scratch")
-    return _train(name, batch_step, net, params, data_iter, num_epochs, progress)
+    return _train(name, batch_step, net, params, data_iter, num_epochs, progress,
+                  _bind(on_record, states))
 
 
 def train_concise_ch10(trainer_name: str | mx.optimizer.Optimizer, hyperparams: dict,
                        data_iter: Iterable, num_epochs: int = 2,
-                       seed: int | None = None, name: str | None = None,
-                       progress=None) -> TrainResult:
+                       seed: int | None = None, name: str | None = None, progress=None,
+                       on_record: Callable[[float, gluon.Trainer], None] | None = None,
+                       ) -> TrainResult:
     """Train linear regression with ``gluon.Trainer(params, trainer_name, hyperparams)``.
 
     A hybridized ``nn.Dense(1)``, initialized ~ N(0, 0.01²), with ``gluon.loss.L2Loss``; the
     same seed gives the same initial weights and batches as :func:`train_ch10`. ``name``
-    labels the result (default: the optimizer's name); ``progress`` as in :func:`train_ch10`.
+    labels the result (default: the optimizer's name); ``progress`` as in :func:`train_ch10`;
+    ``on_record(epoch_fraction, trainer)`` is called with the ``gluon.Trainer`` whenever a
+    loss is recorded.
     """
     num_epochs = _check_epochs(num_epochs)
     _seed(seed)
@@ -148,6 +168,7 @@ def train_concise_ch10(trainer_name: str | mx.optimizer.Optimizer, hyperparams: 
     net.hybridize()
     trainer = gluon.Trainer(net.collect_params(), trainer_name, hyperparams)
     loss = gluon.loss.L2Loss()
+    loss.hybridize()  # one cached graph instead of ~5 operator calls per batch
 
     def batch_step(X, y):
         with autograd.record():
@@ -161,4 +182,5 @@ def train_concise_ch10(trainer_name: str | mx.optimizer.Optimizer, hyperparams: 
 
     if name is None:
         name = trainer_name if isinstance(trainer_name, str) else type(trainer_name).__name__
-    return _train(name, batch_step, net, params, data_iter, num_epochs, progress)
+    return _train(name, batch_step, net, params, data_iter, num_epochs, progress,
+                  _bind(on_record, trainer))
