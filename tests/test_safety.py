@@ -2,6 +2,8 @@
 writer killed mid-save leaves the previous checkpoint intact, and the data parser turns any
 malformed file into a clear error."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -201,3 +203,39 @@ def test_a_huge_file_is_refused_by_its_checksum_without_parsing(tmp_path):
         f.write(b"1\t2\t3\t4\t5\t6\r\n" * 2_000_000)  # 26 MB
     with pytest.raises(DataFileError, match="SHA-1"):
         get_data_ch10(data_dir=tmp_path)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+FLAGS = ["compare", "trajectory", "sweep", "remedy", "--lr", "--epochs", "--batch-size", "--n",
+         "--seed", "--data-dir", "--out", "--quiet", "--eta", "--steps", "--lrs", "--gamma",
+         "-h", "--", "-"]
+VALUES = st.one_of(
+    st.sampled_from(["0", "-1", "1e309", "nan", "inf", "-inf", "0.5", "1504", "2**40", "",
+                     " ", "1,,2", "0.1,0.1", "/nonexistent", "x" * 300, "\x00", "é"]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(argv=st.lists(st.one_of(st.sampled_from(FLAGS), VALUES), max_size=6))
+def test_any_command_line_parses_or_fails_in_one_line(argv):
+    """Argument handling alone (no training): every argv either parses into checked values
+    or ends with exit code 2 (0 for --help) and a one-line message, never a traceback."""
+    from adagrad_gluon.cli import build_parser
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        err = err.getvalue()
+        if exc.code == 0:
+            return
+        assert exc.code == 2
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        return
+    for name in ("lr", "eta", "gamma"):
+        value = getattr(args, name, None)
+        assert value is None or np.isfinite(value)
+    assert getattr(args, "epochs", 1) >= 1 and getattr(args, "batch_size", 1) >= 1
