@@ -45,6 +45,7 @@ from .data import (
     sha1_of,
 )
 from .diagnostics import CHAPTER_EPS, EffectiveLRRecorder
+from .distributed import add_launch_parser
 from .optimizer import _check_number
 from .training import TrainResult, train_ch10, train_concise_ch10
 
@@ -487,3 +488,8 @@ def _add_remedy(subparsers: argparse._SubParsersAction) -> None:
                         help="RMSProp's leak, in [0, 1) (default: 0.9)")
     _add_training_options(parser, epochs=10)
     parser.set_defaults(run=_remedy)
+
+
+# -- launch ----------------------------------------------------------------------------------
+
+subcommand(add_launch_parser)  # distributed training: adagrad_gluon.distributed.command

@@ -1,0 +1,101 @@
+"""The ``launch`` subcommand: ``adagrad-gluon launch -n WORKERS -s SERVERS [--sync|--async]
+[--timeout SECONDS] -- python train.py ...``.
+
+:func:`add_launch_parser` adds it to any ``argparse`` subparsers object; the parsed arguments
+carry their handler as ``args.run`` (the convention of :mod:`adagrad_gluon.cli`), which
+returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from .launcher import LaunchError, launch
+
+DESCRIPTION = """\
+Start a scheduler, SERVERS servers and WORKERS copies of the command on loopback, stream
+their output, and stop them all at the first failure."""
+EPILOG = """\
+The workers get DMLC_ROLE=worker and ADAGRAD_GLUON_KVSTORE=dist_sync (dist_async with
+--async); adagrad_gluon.distributed.create_kvstore() connects with that kvstore. Exit status:
+0 when every process succeeded, 1 when one failed (the message names it and why), 124 on
+--timeout."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def add_launch_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``launch`` subcommand to ``subparsers`` (from ``add_subparsers()``) and return
+    its parser; its handler is set as the ``run`` default."""
+    parser = subparsers.add_parser(
+        "launch",
+        help="run a training script on MXNet's parameter server, on this host",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-n", "--num-workers", type=_positive_int, required=True,
+                        metavar="WORKERS", help="number of worker processes")
+    parser.add_argument("-s", "--num-servers", type=_positive_int, default=1,
+                        metavar="SERVERS", help="number of server processes (default 1)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sync", dest="kvstore", action="store_const", const="dist_sync",
+                      help="synchronous updates, kvstore dist_sync (the default)")
+    mode.add_argument("--async", dest="kvstore", action="store_const", const="dist_async",
+                      help="asynchronous updates, kvstore dist_async")
+    parser.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                        help="stop everything and fail after this many seconds")
+    parser.add_argument("--grace", type=_positive_float, default=5.0, metavar="SECONDS",
+                        help="how long processes get to exit once stopped (default 5)")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="the worker's command line, after --")
+    parser.set_defaults(run=run_launch, kvstore="dist_sync")
+    return parser
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """Run the job the parsed ``args`` describe; return the exit status."""
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("adagrad-gluon launch: error: give the worker's command after --, e.g. "
+              "-- python train.py", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        launch(command, args.num_workers, args.num_servers, kvstore=args.kvstore,
+               timeout=args.timeout, grace=args.grace)
+    except LaunchError as exc:
+        print(f"adagrad-gluon launch: error: {exc}", file=sys.stderr)
+        return exc.returncode
+    except KeyboardInterrupt:
+        print("adagrad-gluon launch: interrupted; every process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds through launch(), which stops every process

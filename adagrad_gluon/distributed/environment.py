@@ -1,0 +1,106 @@
+"""The environment each process of a parameter-server job needs, and what a worker reads back.
+
+MXNet's ``dist_sync`` / ``dist_async`` kvstores run on ps-lite, which is configured entirely
+through environment variables. Every process (one scheduler, the servers, the workers) needs::
+
+    DMLC_PS_ROOT_URI    the scheduler's address, e.g. 127.0.0.1
+    DMLC_PS_ROOT_PORT   the scheduler's port
+    DMLC_NUM_SERVER     the number of servers
+    DMLC_NUM_WORKER     the number of workers
+    DMLC_NODE_HOST      this process's own address, as the others reach it
+    DMLC_INTERFACE      this host's network interface (optional; ``lo`` on loopback)
+
+Workers also get ``DMLC_ROLE=worker`` and :data:`KVSTORE_ENV` (``dist_sync`` or
+``dist_async``, read by :func:`kvstore_type`). Servers and the scheduler get *no*
+``DMLC_ROLE``: ``import mxnet`` with ``DMLC_ROLE=server`` would turn the process into MXNet's
+own server, which swallows errors; they run :mod:`adagrad_gluon.distributed.server` with
+``--role server`` or ``--role scheduler`` instead. ``PORT`` is never passed on: ps-lite reads it
+as the process's own port, so one inherited ``PORT`` would make every process bind the same one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+ROLES = ("scheduler", "server", "worker")
+KVSTORE_TYPES = ("dist_sync", "dist_async")
+KVSTORE_ENV = "ADAGRAD_GLUON_KVSTORE"
+LOOPBACK = "127.0.0.1"
+# Variables a parent may have set that must not leak into a job's processes.
+_CLEARED = ("PORT", "DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER",
+            "DMLC_NUM_WORKER", "DMLC_NODE_HOST", "DMLC_INTERFACE", KVSTORE_ENV)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def role_environment(role: str, *, root_uri: str, root_port: int, num_workers: int,
+                     num_servers: int, node_host: str, interface: str | None = None,
+                     kvstore: str = "dist_sync",
+                     base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of one process of a job: ``base`` (default ``os.environ``) without any
+    inherited ps-lite variables or ``PORT``, plus the variables the module docstring lists and
+    ``PYTHONUNBUFFERED=1`` (so that a launcher streams the logs as they are written).
+
+    ``role`` is ``'scheduler'``, ``'server'`` or ``'worker'``; only workers get ``DMLC_ROLE``
+    and ``kvstore`` (``'dist_sync'`` or ``'dist_async'``).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+    if kvstore not in KVSTORE_TYPES:
+        raise ValueError(f"kvstore must be one of {', '.join(KVSTORE_TYPES)}; got {kvstore!r}")
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _CLEARED}
+    env.update(
+        DMLC_PS_ROOT_URI=root_uri,
+        DMLC_PS_ROOT_PORT=str(root_port),
+        DMLC_NUM_WORKER=str(num_workers),
+        DMLC_NUM_SERVER=str(num_servers),
+        DMLC_NODE_HOST=node_host,
+        PYTHONUNBUFFERED="1",
+    )
+    if interface:
+        env["DMLC_INTERFACE"] = interface
+    if role == "worker":
+        env["DMLC_ROLE"] = "worker"
+        env[KVSTORE_ENV] = kvstore
+    return env
+
+
+def kvstore_type(default: str = "dist_sync") -> str:
+    """The kvstore type a worker should create: ``$ADAGRAD_GLUON_KVSTORE`` (set by
+    ``adagrad-gluon launch --sync/--async``), else ``default``."""
+    value = os.environ.get(KVSTORE_ENV) or default
+    if value not in KVSTORE_TYPES:
+        raise ValueError(
+            f"{KVSTORE_ENV} must be one of {', '.join(KVSTORE_TYPES)}; got {value!r}"
+        )
+    return value
+
+
+def check_worker_environment() -> None:
+    """Raise ``RuntimeError`` unless this process has what a ps-lite worker needs."""
+    missing = [name for name in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER",
+                                 "DMLC_NUM_WORKER") if not os.environ.get(name)]
+    if missing:
+        raise RuntimeError(
+            f"this process is not a parameter-server worker: {', '.join(missing)} not set; "
+            f"start it with `adagrad-gluon launch -n WORKERS -s SERVERS -- python ...` or set "
+            f"the variables listed in adagrad_gluon.distributed.environment"
+        )
+    role = os.environ.get("DMLC_ROLE", "worker")
+    if role != "worker":
+        raise RuntimeError(f"this process has DMLC_ROLE={role!r}; workers need 'worker'")
+
+
+def num_servers() -> int:
+    """``DMLC_NUM_SERVER`` of this process (every process of a job has it)."""
+    value = os.environ.get("DMLC_NUM_SERVER", "")
+    if not value.isdigit() or int(value) < 1:
+        raise RuntimeError(f"DMLC_NUM_SERVER must be an integer >= 1, got {value!r}")
+    return int(value)
