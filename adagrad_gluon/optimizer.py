@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import mxnet as mx
 import numpy as np
 from mxnet import nd
 
 from . import compat as compat_presets
+from . import kernels
 from .functional import (
     EPS_PLACEMENTS,
     WEIGHT_DECAY_MODES,
@@ -88,6 +90,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
         A preset for the four options above, as that framework defines Adagrad (table in
         :mod:`adagrad_gluon.compat`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
+    kernel : {'auto', 'fused', 'reference'}, default 'auto'
+        The update that runs: the fused C++ kernels (:mod:`adagrad_gluon.kernels`, built on
+        first use; bit-identical results, one pass over memory, many parameters per call),
+        the NDArray reference (:mod:`adagrad_gluon.functional`), or the kernels if they build
+        and else the reference with one warning. ``'auto'`` defers to the environment
+        variable ``ADAGRAD_GLUON_KERNEL``. The attribute ``kernel`` holds the path chosen.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -103,6 +111,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         weight_decay_mode: str | None = None,
         maximize: bool = False,
         compat: str = "d2l",
+        kernel: str = "auto",
         **kwargs,
     ):
         if compat not in compat_presets.PRESETS:
@@ -153,6 +162,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
             "weight_decay_mode", options["weight_decay_mode"], WEIGHT_DECAY_MODES
         )
         self.maximize = maximize
+        self.kernel = kernels.resolve_kernel(kernel)
+        self._checked: dict = {}  # index -> the arrays last checked, and what was found
+        # gluon.Trainer hands lists of up to aggregate_num parameters to one update call
+        self.aggregate_num = kernels.AGGREGATE_NUM if self.kernel == "fused" else 0
 
     def set_learning_rate(self, lr: float) -> None:
         """Set the global learning rate (validated as in ``__init__``)."""
@@ -202,22 +215,73 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
         self.update_multi_precision(index, weight, grad, state)
 
-    def update_multi_precision(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
-        """Update ``weight`` in place; handles float16 weights with or without master copies."""
+    def update_multi_precision(self, index, weight: nd.NDArray | Sequence[nd.NDArray],
+                               grad: nd.NDArray | Sequence[nd.NDArray], state) -> None:
+        """Update ``weight`` in place; handles float16 weights with or without master copies.
+
+        ``index``, ``weight``, ``grad`` and ``state`` may also be equally long lists (as
+        ``gluon.Trainer`` hands them when ``aggregate_num > 0``): the fused path then updates
+        them all in one multi-tensor call.
+        """
+        if not isinstance(index, (list, tuple)):
+            index, weight, grad, state = [index], [weight], [grad], [state]
+        checked = [self._check(*args) for args in zip(index, weight, grad, state, strict=True)]
+        lrs, wds = self._count_and_rates(index)
+        fused, reference = [], []
+        for i, w, g, (acc, master, row_sparse, kernel_takes_it), lr, wd in zip(
+                index, weight, grad, checked, lrs, wds, strict=True):
+            if wd and row_sparse:
+                raise ValueError(
+                    f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
+                    f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
+                    f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
+                )
+            step = kernels.Step(w, g, acc, master, lr, wd, row_sparse)
+            (fused if kernel_takes_it and self.kernel == "fused" else reference).append(step)
+        if fused:
+            kernels.fused_steps(fused, **self._shared_options())
+        for step in reference:
+            self._reference_step(step)
+
+    def _check(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> tuple:
+        """Check one parameter's arrays; return ``(acc, master, row_sparse, kernel_takes_it)``,
+        the last telling whether the kernels support its dtypes. The checks run again only
+        when the arrays are other objects than last time (an NDArray's shape, dtype and storage
+        type cannot change): they cost ~10 us a parameter.
+        """
         master, acc = state if isinstance(state, (tuple, list)) else (None, state)
-        _check_arrays(self._name(index), weight, grad, acc, master)
-        self._update_count(index)
-        wd = self._get_wd(index)
-        is_sparse = grad.stype == "row_sparse"
-        if is_sparse and wd:
-            raise ValueError(
-                f"parameter {self._name(index)}: a row_sparse gradient gets a lazy update, "
-                f"which cannot apply weight decay to the rows it skips; set wd=0 (or wd_mult=0 "
-                f"for this parameter), or use a dense gradient (got wd={wd})"
-            )
-        options = dict(
-            lr=self.current_lr(index),
-            wd=wd,
+        known = self._checked.get(index)
+        if known is None or not (known[0] is weight and known[1] is grad and known[2] is acc
+                                 and known[3] is master):
+            _check_arrays(self._name(index), weight, grad, acc, master)
+            known = (weight, grad, acc, master, grad.stype == "row_sparse",
+                     kernels.supports(weight, acc, master))
+            self._checked[index] = known
+        return known[2:]
+
+    def _count_and_rates(self, indices) -> tuple[list[float], list[float]]:
+        """Count one update of each of ``indices``; return their learning rates
+        (:meth:`current_lr`) and weight decays, exactly as one update after the other would.
+        When every index has been updated equally often (as under ``gluon.Trainer``) that is
+        one pass over them; otherwise, the scheduler's rate may change between two of them.
+        """
+        begin = self.begin_num_update
+        if len({self._index_update_count.get(i, begin) for i in indices}) > 1:
+            lrs = []
+            for i in indices:
+                self._update_count(i)
+                lrs.append(self.current_lr(i))
+            return lrs, self._get_wds(indices)
+        self._update_count(indices)
+        lrs = self._get_lrs(indices)
+        if self.lr_decay:  # as in current_lr, with the count that all indices share
+            decay = 1.0 + (self._index_update_count[indices[0]] - 1) * self.lr_decay
+            lrs = [lr / decay for lr in lrs]
+        return lrs, self._get_wds(indices)
+
+    def _shared_options(self) -> dict:
+        """The update's options other than ``lr`` and ``wd`` (one set for every parameter)."""
+        return dict(
             eps=self.eps,
             rescale_grad=self.rescale_grad,
             clip_gradient=self.clip_gradient,
@@ -225,14 +289,25 @@ class AdagradScratch(mx.optimizer.Optimizer):
             weight_decay_mode=self.weight_decay_mode,
             maximize=self.maximize,
         )
-        step = adagrad_update_row_sparse if is_sparse else adagrad_update
+
+    def _reference_step(self, step: kernels.Step) -> None:
+        """One parameter's step through :mod:`adagrad_gluon.functional`."""
+        weight, grad, acc, master = step.weight, step.grad, step.acc, step.master
+        options = dict(lr=step.lr, wd=step.wd, **self._shared_options())
+        update = adagrad_update_row_sparse if step.row_sparse else adagrad_update
         if weight.dtype == acc.dtype:
-            step(weight, grad, acc, **options)
+            update(weight, grad, acc, **options)
             return
         # float16 weight: step in the accumulator's precision, then round into the weight
         work = master if master is not None else weight.astype(acc.dtype)
-        step(work, grad.astype(acc.dtype), acc, **options)
+        update(work, grad.astype(acc.dtype), acc, **options)
         nd.cast(work, dtype=weight.dtype, out=weight)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the cache of checked arrays (``gluon.Trainer.save_states``)."""
+        state = super().__getstate__()
+        state["_checked"] = {}  # array references, not worth pickling
+        return state
 
     def _name(self, index) -> str:
         return repr(self.idx2name.get(index, index))

@@ -1,0 +1,626 @@
+// Fused Adagrad updates for MXNet 1.9.1, as an operator library for mx.library.load.
+//
+// Built on the user's machine by adagrad_gluon/kernels.py (never shipped as a binary) and
+// tested against the reference NDArray update, adagrad_gluon/functional.py. One step, per
+// element, in the accumulator's precision (float32, or float64 for float64 weights):
+//
+//   g = clip(rescale_grad * g, -clip_gradient, clip_gradient)    // clip only if given
+//   g = -g                                                       // maximize only
+//   g = g + wd * w                                               // weight_decay_mode l2
+//   s = s + g * g
+//   d = g / sqrt(s + eps)  or  g / (sqrt(s) + eps)               // eps_placement
+//   (where eps == 0, a zero denominator is replaced by 1)
+//   w = w + (d + w * wd) * -lr                                   // step
+//   w = w + d * -lr                                              // l2, or wd == 0
+//   w = w - w * wd * lr;  w = w - d * lr                         // decoupled
+//
+// Every operation rounds where the reference's NDArray operation rounds, in the same order,
+// so float32 and float64 results are bit-identical to it. That needs IEEE arithmetic: build
+// with -ffp-contract=off and without -ffast-math (kernels.py does).
+//
+// Operators (all write their inputs in place and have no outputs):
+//   adagrad_gluon_update(weight, grad, acc[, master])
+//       attributes lr, wd and the shared options below.
+//   adagrad_gluon_multi_update(weight_0, grad_0, acc_0[, master_0], weight_1, ...)
+//       attributes num_tensors, lrs, wds (comma-separated, one per tensor) and the options.
+//   adagrad_gluon_row_sparse_update(weight, grad, acc[, master])
+//       grad is row_sparse; only its rows of weight, acc (and master) change.
+// Shared attributes, each optional (every attribute costs ~1 us per call, so callers leave
+// out those at their default): eps (1e-6), rescale_grad (1), clip_gradient (absent: no
+// clipping), eps_placement (inside|outside), weight_decay_mode (step|l2|decoupled),
+// maximize (0|1), multi_precision (0|1: a float32 master weight follows each float16
+// weight's accumulator).
+//
+// Types: float32 weights and gradients with a float32 accumulator; float64 with float64;
+// float16 weights and gradients with a float32 accumulator, updated in float32 and rounded
+// back to float16 (round to nearest even, as MXNet's cast), from the master weight if given.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::MXContext;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXSparse;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+
+namespace {
+
+using Attrs = std::unordered_map<std::string, std::string>;
+
+// Threads of the OpenMP team one update uses (MXNet gives its own operators fewer).
+int g_num_threads = 0;  // 0: omp_get_num_procs(), read on first use
+// Work below this many elements runs on the calling thread: a team costs more than it saves.
+constexpr int64_t kParallelMinElements = 1 << 16;
+// Elements per unit of parallel work (tensors are cut into pieces of at most this size).
+constexpr int64_t kGrainElements = 1 << 15;
+
+int num_threads() {
+  if (g_num_threads <= 0) g_num_threads = std::max(1, omp_get_num_procs());
+  return g_num_threads;
+}
+
+// -- float16 <-> float32, bit-exact with MXNet's conversions ---------------------------------
+
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t magnitude = h & 0x7fffu;
+  if (magnitude >= 0x7c00u) return float_of(sign | 0x7f800000u | ((magnitude & 0x3ffu) << 13));
+  if (magnitude >= 0x0400u) return float_of(sign | ((magnitude << 13) + (112u << 23)));
+  // zero or subnormal: magnitude * 2^-24 is exact in float32
+  return float_of(sign | bits_of(static_cast<float>(magnitude) * 0x1p-24f));
+}
+
+inline uint16_t float_to_half(float f) {
+  const uint32_t x = bits_of(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t magnitude = x & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu);  // NaN
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // rounds to infinity (>= 65520)
+  if (magnitude >= 0x38800000u) {                        // a normal float16 (>= 2^-14)
+    const uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);  // to nearest even
+    return sign | static_cast<uint16_t>((rounded - (112u << 23)) >> 13);
+  }
+  // subnormal float16 (or zero): count units of 2^-24, rounding to nearest even by adding
+  // and subtracting 2^23 (exact below 2^23; needs IEEE arithmetic, no -ffast-math)
+  const float units = float_of(magnitude) * 0x1p24f;
+  return sign | static_cast<uint16_t>((units + 0x1p23f) - 0x1p23f);
+}
+
+// Loading and storing a weight or gradient in the compute precision A.
+template <typename A> inline A load(float v) { return v; }
+template <typename A> inline A load(double v) { return v; }
+template <typename A> inline A load(uint16_t v) { return half_to_float(v); }
+inline void store(float a, float* dst) { *dst = a; }
+inline void store(double a, double* dst) { *dst = a; }
+inline void store(float a, uint16_t* dst) { *dst = float_to_half(a); }
+
+// -- the update -----------------------------------------------------------------------------
+
+enum class Decay { kNone, kStep, kL2, kDecoupled };  // kNone: wd == 0
+enum class Placement { kInside, kOutside };
+
+// Options shared by every tensor of a call, as parsed from the attributes.
+struct Options {
+  double eps = 0.0;
+  double rescale_grad = 1.0;
+  bool clip = false;
+  double clip_gradient = 0.0;
+  Placement placement = Placement::kInside;
+  Decay decay_mode = Decay::kStep;  // the mode; a tensor with wd == 0 uses kNone
+  bool maximize = false;
+};
+
+// One tensor's operands (row_sparse: one row of it) and its own lr and wd.
+struct Job {
+  void* weight;
+  const void* grad;
+  void* acc;
+  void* master;  // nullptr without a master weight
+  int64_t size;
+  double lr;
+  double wd;
+};
+
+// The scalars in the compute precision A, rounded as MXNet's scalar operators round them.
+template <typename A>
+struct Scalars {
+  A rescale, lo, hi, eps, lr, neg_lr, wd;
+  bool maximize, guard_zero;
+
+  Scalars(const Options& o, const Job& j)
+      : rescale(static_cast<A>(o.rescale_grad)),
+        // nd.clip takes float32 bounds, whatever the data type
+        lo(o.clip ? static_cast<A>(static_cast<float>(-o.clip_gradient))
+                  : -std::numeric_limits<A>::infinity()),
+        hi(o.clip ? static_cast<A>(static_cast<float>(o.clip_gradient))
+                  : std::numeric_limits<A>::infinity()),
+        eps(static_cast<A>(o.eps)),
+        lr(static_cast<A>(j.lr)),
+        neg_lr(static_cast<A>(-j.lr)),
+        wd(static_cast<A>(j.wd)),
+        maximize(o.maximize),
+        guard_zero(o.eps == 0.0) {}
+};
+
+template <Decay kDecay, Placement kPlace, typename A>
+inline void step(A* w, A grad, A* s, const Scalars<A>& c) {
+  A g = grad * c.rescale;
+  g = g > c.hi ? c.hi : (g < c.lo ? c.lo : g);
+  g = c.maximize ? -g : g;
+  if constexpr (kDecay == Decay::kL2) g = g + *w * c.wd;
+  const A acc = *s + g * g;
+  *s = acc;
+  A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
+  if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
+  const A d = g / denom;
+  if constexpr (kDecay == Decay::kStep) {
+    *w = *w + (d + *w * c.wd) * c.neg_lr;
+  } else if constexpr (kDecay == Decay::kDecoupled) {
+    *w = *w - *w * c.wd * c.lr;
+    *w = *w - d * c.lr;
+  } else {
+    *w = *w + d * c.neg_lr;
+  }
+}
+
+// Update elements [begin, end) of a job. W: weight/grad type, A: accumulator type.
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace>
+void update_range(const Job& job, const Options& options, int64_t begin, int64_t end) {
+  const Scalars<A> c(options, job);
+  W* __restrict w = static_cast<W*>(job.weight);
+  const W* __restrict g = static_cast<const W*>(job.grad);
+  A* __restrict s = static_cast<A*>(job.acc);
+  if constexpr (kMaster) {
+    A* __restrict m = static_cast<A*>(job.master);
+    for (int64_t i = begin; i < end; ++i) {
+      step<kDecay, kPlace>(&m[i], load<A>(g[i]), &s[i], c);
+      store(m[i], &w[i]);
+    }
+  } else if constexpr (std::is_same<W, A>::value) {
+    for (int64_t i = begin; i < end; ++i) step<kDecay, kPlace>(&w[i], g[i], &s[i], c);
+  } else {
+    for (int64_t i = begin; i < end; ++i) {
+      A work = load<A>(w[i]);
+      step<kDecay, kPlace>(&work, load<A>(g[i]), &s[i], c);
+      store(work, &w[i]);
+    }
+  }
+}
+
+using RangeFn = void (*)(const Job&, const Options&, int64_t, int64_t);
+
+template <typename W, typename A, bool kMaster, Decay kDecay>
+RangeFn pick_placement(Placement placement) {
+  return placement == Placement::kInside
+             ? update_range<W, A, kMaster, kDecay, Placement::kInside>
+             : update_range<W, A, kMaster, kDecay, Placement::kOutside>;
+}
+
+template <typename W, typename A, bool kMaster>
+RangeFn pick_decay(Decay decay, Placement placement) {
+  switch (decay) {
+    case Decay::kStep: return pick_placement<W, A, kMaster, Decay::kStep>(placement);
+    case Decay::kL2: return pick_placement<W, A, kMaster, Decay::kL2>(placement);
+    case Decay::kDecoupled: return pick_placement<W, A, kMaster, Decay::kDecoupled>(placement);
+    default: return pick_placement<W, A, kMaster, Decay::kNone>(placement);
+  }
+}
+
+// The loop for a weight type (as MXDType) and an options set; nullptr if unsupported.
+RangeFn pick_kernel(int weight_type, bool master, double wd, const Options& o) {
+  const Decay decay = wd == 0.0 ? Decay::kNone : o.decay_mode;
+  switch (weight_type) {
+    case mxnet::ext::kFloat32: return pick_decay<float, float, false>(decay, o.placement);
+    case mxnet::ext::kFloat64: return pick_decay<double, double, false>(decay, o.placement);
+    case mxnet::ext::kFloat16:
+      return master ? pick_decay<uint16_t, float, true>(decay, o.placement)
+                    : pick_decay<uint16_t, float, false>(decay, o.placement);
+    default: return nullptr;
+  }
+}
+
+// -- attributes -----------------------------------------------------------------------------
+
+bool parse_number(const std::string& key, const std::string& text, double* out) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const double value = std::strtod(begin, &end);
+  if (end == begin || *end != '\0' || errno == ERANGE || !std::isfinite(value)) {
+    MX_ERROR_MSG << "attribute " << key << " must be a finite number, got '" << text << "'";
+    return false;
+  }
+  *out = value;
+  return true;
+}
+
+bool get_number(const Attrs& attrs, const std::string& key, double* out) {
+  const auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << "attribute " << key << " is required";
+    return false;
+  }
+  return parse_number(key, it->second, out);
+}
+
+bool get_numbers(const Attrs& attrs, const std::string& key, size_t count,
+                 std::vector<double>* out) {
+  const auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << "attribute " << key << " is required";
+    return false;
+  }
+  out->clear();
+  const std::string& text = it->second;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    double value;
+    if (!parse_number(key, text.substr(start, comma - start), &value)) return false;
+    out->push_back(value);
+    start = comma + 1;
+  }
+  if (out->size() != count) {
+    MX_ERROR_MSG << "attribute " << key << " has " << out->size() << " values, expected "
+                 << count;
+    return false;
+  }
+  return true;
+}
+
+// An optional attribute: ``fallback`` if absent.
+bool get_number_or(const Attrs& attrs, const std::string& key, double fallback, double* out) {
+  const auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *out = fallback;
+    return true;
+  }
+  return parse_number(key, it->second, out);
+}
+
+bool get_flag(const Attrs& attrs, const std::string& key, bool* out) {
+  const auto it = attrs.find(key);
+  if (it == attrs.end() || it->second == "0" || it->second == "False") {
+    *out = false;
+  } else if (it->second == "1" || it->second == "True") {
+    *out = true;
+  } else {
+    MX_ERROR_MSG << "attribute " << key << " must be 0 or 1, got '" << it->second << "'";
+    return false;
+  }
+  return true;
+}
+
+bool parse_options(const Attrs& attrs, Options* o) {
+  if (!get_number_or(attrs, "eps", 1e-6, &o->eps)
+      || !get_number_or(attrs, "rescale_grad", 1.0, &o->rescale_grad)
+      || !get_flag(attrs, "maximize", &o->maximize)) {
+    return false;
+  }
+  o->clip = attrs.count("clip_gradient") > 0;
+  if (o->clip && !get_number(attrs, "clip_gradient", &o->clip_gradient)) return false;
+  const auto placement = attrs.find("eps_placement");
+  const std::string place = placement == attrs.end() ? "inside" : placement->second;
+  if (place == "inside" || place == "outside") {
+    o->placement = place == "inside" ? Placement::kInside : Placement::kOutside;
+  } else {
+    MX_ERROR_MSG << "attribute eps_placement must be inside or outside, got '" << place << "'";
+    return false;
+  }
+  const auto mode = attrs.find("weight_decay_mode");
+  const std::string decay = mode == attrs.end() ? "step" : mode->second;
+  if (decay == "step") {
+    o->decay_mode = Decay::kStep;
+  } else if (decay == "l2") {
+    o->decay_mode = Decay::kL2;
+  } else if (decay == "decoupled") {
+    o->decay_mode = Decay::kDecoupled;
+  } else {
+    MX_ERROR_MSG << "attribute weight_decay_mode must be step, l2 or decoupled, got '" << decay
+                 << "'";
+    return false;
+  }
+  return true;
+}
+
+// The layout of an operator's inputs: num_tensors groups of (weight, grad, acc[, master]).
+struct Layout {
+  int num_tensors = 1;
+  bool master = false;
+  int per_tensor() const { return master ? 4 : 3; }
+};
+
+bool parse_layout(const Attrs& attrs, bool multi, Layout* layout) {
+  if (!get_flag(attrs, "multi_precision", &layout->master)) return false;
+  if (!multi) return true;
+  double count;
+  if (!get_number(attrs, "num_tensors", &count)) return false;
+  if (count < 1 || count > (1 << 20) || count != std::floor(count)) {
+    MX_ERROR_MSG << "attribute num_tensors must be an integer >= 1, got " << count;
+    return false;
+  }
+  layout->num_tensors = static_cast<int>(count);
+  return true;
+}
+
+// -- shape, type and storage inference (the same checks for every operator) -----------------
+
+const char* const kRoles[] = {"weight", "grad", "acc", "master"};
+
+MXReturnValue check_shapes(const Layout& layout,
+                           const std::vector<std::vector<unsigned int>>& shapes) {
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int first = t * layout.per_tensor();
+    for (int k = 1; k < layout.per_tensor(); ++k) {
+      if (shapes[first + k] != shapes[first]) {
+        MX_ERROR_MSG << "tensor " << t << ": the " << kRoles[k]
+                     << " shape does not match the weight shape";
+        return MX_FAIL;
+      }
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue check_types(const Layout& layout, const std::vector<int>& types) {
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int* in = &types[t * layout.per_tensor()];
+    const int weight = in[0];
+    const int acc = weight == mxnet::ext::kFloat64 ? mxnet::ext::kFloat64 : mxnet::ext::kFloat32;
+    bool ok = weight == mxnet::ext::kFloat32 || weight == mxnet::ext::kFloat64
+              || weight == mxnet::ext::kFloat16;
+    ok = ok && in[1] == weight && in[2] == acc;
+    if (layout.master) ok = ok && weight == mxnet::ext::kFloat16 && in[3] == acc;
+    if (!ok) {
+      MX_ERROR_MSG << "tensor " << t << ": expected float32 weight and grad with a float32 "
+                   << "accumulator, float64 with float64, or float16 with a float32 "
+                   << "accumulator (and a float32 master weight if multi_precision)";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue dense_parse(const Attrs& attrs, bool multi, int* num_in, int* num_out) {
+  Layout layout;
+  if (!parse_layout(attrs, multi, &layout)) return MX_FAIL;
+  *num_in = layout.num_tensors * layout.per_tensor();
+  *num_out = 0;
+  return MX_SUCCESS;
+}
+
+MXReturnValue single_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  return dense_parse(attrs, false, num_in, num_out);
+}
+
+MXReturnValue multi_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  return dense_parse(attrs, true, num_in, num_out);
+}
+
+template <bool kMulti>
+MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                          std::vector<std::vector<unsigned int>>*) {
+  Layout layout;
+  if (!parse_layout(attrs, kMulti, &layout)) return MX_FAIL;
+  return check_shapes(layout, *in);
+}
+
+template <bool kMulti>
+MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>*) {
+  Layout layout;
+  if (!parse_layout(attrs, kMulti, &layout)) return MX_FAIL;
+  return check_types(layout, *in);
+}
+
+// kSparseGrad: the gradient (input 1) is row_sparse, everything else dense.
+template <bool kSparseGrad>
+MXReturnValue infer_storage(const Attrs&, std::vector<int>* in, std::vector<int>*) {
+  for (size_t i = 0; i < in->size(); ++i) {
+    const int expected = kSparseGrad && i == 1 ? mxnet::ext::kRowSparseStorage
+                                               : mxnet::ext::kDefaultStorage;
+    if ((*in)[i] != expected) {
+      MX_ERROR_MSG << "input " << i << " must be "
+                   << (expected == mxnet::ext::kDefaultStorage ? "dense" : "row_sparse");
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+// Every operator writes each tensor's weight, accumulator and master weight.
+template <bool kMulti>
+MXReturnValue mutate_inputs(const Attrs& attrs, std::vector<int>* indices) {
+  Layout layout;
+  if (!parse_layout(attrs, kMulti, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int first = t * layout.per_tensor();
+    indices->push_back(first);
+    indices->push_back(first + 2);
+    if (layout.master) indices->push_back(first + 3);
+  }
+  return MX_SUCCESS;
+}
+
+// -- forward --------------------------------------------------------------------------------
+
+// A piece of one job, the unit of parallel work.
+struct Piece {
+  int job;
+  int64_t begin, end;
+};
+
+void run_jobs(const std::vector<Job>& jobs, const std::vector<RangeFn>& kernels,
+              const Options& options) {
+  std::vector<Piece> pieces;
+  int64_t total = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    total += jobs[j].size;
+    for (int64_t begin = 0; begin < jobs[j].size; begin += kGrainElements) {
+      pieces.push_back({static_cast<int>(j), begin,
+                        std::min(jobs[j].size, begin + kGrainElements)});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(pieces.size());
+  if (count == 0) return;  // nothing to do (e.g. a row_sparse gradient without rows)
+  const int threads = total < kParallelMinElements ? 1 : std::min<int64_t>(num_threads(), count);
+  // small pieces are handed out in batches of about kGrainElements elements
+  const int batch = static_cast<int>(std::max<int64_t>(1, kGrainElements * count / total));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, batch) if (threads > 1)
+  for (int64_t p = 0; p < count; ++p) {
+    const Piece& piece = pieces[p];
+    kernels[piece.job](jobs[piece.job], options, piece.begin, piece.end);
+  }
+}
+
+template <bool kMulti>
+MXReturnValue dense_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  if (!parse_layout(attrs, kMulti, &layout) || !parse_options(attrs, &options)) return MX_FAIL;
+  std::vector<double> lrs, wds;
+  if (kMulti) {
+    if (!get_numbers(attrs, "lrs", layout.num_tensors, &lrs)
+        || !get_numbers(attrs, "wds", layout.num_tensors, &wds)) {
+      return MX_FAIL;
+    }
+  } else {
+    lrs.resize(1);
+    wds.resize(1);
+    if (!get_number(attrs, "lr", &lrs[0]) || !get_number(attrs, "wd", &wds[0])) return MX_FAIL;
+  }
+  std::vector<Job> jobs;
+  std::vector<RangeFn> kernels;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    MXTensor* in = &(*inputs)[t * layout.per_tensor()];
+    const RangeFn kernel = pick_kernel(in[0].dtype, layout.master, wds[t], options);
+    if (kernel == nullptr) {
+      MX_ERROR_MSG << "tensor " << t << ": unsupported weight type " << in[0].dtype;
+      return MX_FAIL;
+    }
+    jobs.push_back({in[0].data_ptr, in[1].data_ptr, in[2].data_ptr,
+                    layout.master ? in[3].data_ptr : nullptr, in[0].size(), lrs[t], wds[t]});
+    kernels.push_back(kernel);
+  }
+  run_jobs(jobs, kernels, options);
+  return MX_SUCCESS;
+}
+
+MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                 std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  double lr, wd;
+  if (!parse_layout(attrs, false, &layout) || !parse_options(attrs, &options)
+      || !get_number(attrs, "lr", &lr) || !get_number(attrs, "wd", &wd)) {
+    return MX_FAIL;
+  }
+  MXTensor& weight = (*inputs)[0];
+  const MXSparse* grad = (*inputs)[1].data<MXSparse>();
+  const RangeFn kernel = pick_kernel(weight.dtype, layout.master, wd, options);
+  if (kernel == nullptr) {
+    MX_ERROR_MSG << "unsupported weight type " << weight.dtype;
+    return MX_FAIL;
+  }
+  const int64_t num_rows = weight.shape.empty() ? 1 : weight.shape[0];
+  const int64_t row_size = num_rows == 0 ? 0 : weight.size() / num_rows;
+  const int64_t nnz = grad->indices_len;
+  for (int64_t k = 0; k < nnz; ++k) {
+    const int64_t row = grad->indices[k];
+    if (row < 0 || row >= num_rows || (k > 0 && row <= grad->indices[k - 1])) {
+      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
+                   << num_rows << "); index " << k << " is " << row;
+      return MX_FAIL;
+    }
+  }
+  const size_t weight_bytes = weight.dtype == mxnet::ext::kFloat64   ? 8
+                              : weight.dtype == mxnet::ext::kFloat32 ? 4
+                                                                     : 2;
+  const size_t acc_bytes = weight.dtype == mxnet::ext::kFloat64 ? 8 : 4;
+  std::vector<Job> jobs;
+  std::vector<RangeFn> kernels(static_cast<size_t>(nnz), kernel);
+  jobs.reserve(static_cast<size_t>(nnz));
+  for (int64_t k = 0; k < nnz; ++k) {
+    const int64_t row = grad->indices[k];
+    char* master = layout.master ? static_cast<char*>((*inputs)[3].data_ptr) : nullptr;
+    jobs.push_back({static_cast<char*>(weight.data_ptr) + row * row_size * weight_bytes,
+                    static_cast<const char*>(grad->data) + k * row_size * weight_bytes,
+                    static_cast<char*>((*inputs)[2].data_ptr) + row * row_size * acc_bytes,
+                    master ? master + row * row_size * acc_bytes : nullptr, row_size, lr, wd});
+  }
+  run_jobs(jobs, kernels, options);
+  return MX_SUCCESS;
+}
+
+MXReturnValue row_sparse_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  return dense_parse(attrs, false, num_in, num_out);
+}
+
+}  // namespace
+
+REGISTER_OP(adagrad_gluon_update)
+    .setParseAttrs(single_parse)
+    .setInferShape(infer_shape<false>)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(dense_forward<false>, "cpu");
+
+REGISTER_OP(adagrad_gluon_multi_update)
+    .setParseAttrs(multi_parse)
+    .setInferShape(infer_shape<true>)
+    .setInferType(infer_type<true>)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(mutate_inputs<true>)
+    .setForward(dense_forward<true>, "cpu");
+
+REGISTER_OP(adagrad_gluon_row_sparse_update)
+    .setParseAttrs(row_sparse_parse)
+    .setInferShape(infer_shape<false>)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<true>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(row_sparse_forward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version < 10700) {
+    MX_ERROR_MSG << "adagrad_gluon's operators need MXNet >= 1.7, got version " << version;
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+// Set (n >= 1) and return the number of threads an update may use; n <= 0 only returns it.
+extern "C" int adagrad_gluon_num_threads(int n) {
+  if (n >= 1) g_num_threads = n;
+  return num_threads();
+}
