@@ -57,7 +57,7 @@ def adagrad_update(
         g = -g
     if weight_decay_mode == "l2" and wd:
         g = g + weight * wd
-    state[:] += nd.square(g)
+    state += nd.square(g)  # in place (``state[:] +=`` is the same op, plus a self-copy)
     if eps_placement == "inside":
         denom = nd.sqrt(state + eps)
     else:
@@ -67,12 +67,12 @@ def adagrad_update(
         denom = denom + (denom == 0)
     div = g / denom
     if weight_decay_mode == "step" and wd:
-        weight[:] += (div + weight * wd) * -lr
+        weight += (div + weight * wd) * -lr
     elif weight_decay_mode == "decoupled" and wd:
-        weight[:] -= weight * wd * lr
-        weight[:] -= div * lr
+        weight -= weight * wd * lr
+        weight -= div * lr
     else:
-        weight[:] += div * -lr
+        weight += div * -lr
 
 
 def adagrad_update_row_sparse(

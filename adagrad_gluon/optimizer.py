@@ -20,6 +20,11 @@ from .functional import (
 )
 
 REGISTERED_NAME = "adagrad_scratch"
+NONFINITE_POLICIES = ("propagate", "skip", "raise")
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held NaN or infinity under ``nonfinite='raise'``."""
 
 
 def _check_number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
@@ -90,6 +95,13 @@ class AdagradScratch(mx.optimizer.Optimizer):
         A preset for the four options above, as that framework defines Adagrad (table in
         :mod:`adagrad_gluon.compat`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
+    nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
+        What a gradient with NaN or infinity does. ``'propagate'``: the update runs and the
+        NaN reaches the weight and accumulator, as with MXNet's built-in (and PyTorch's)
+        Adagrad, at no extra cost. ``'skip'``: that parameter's update is skipped (weight,
+        accumulator and update count untouched) and counted in :attr:`nonfinite_skipped`
+        (index -> count). ``'raise'``: :class:`NonFiniteGradientError` names the parameters
+        and nothing in that call is updated. Both cost one host sync per update call.
     kernel : {'auto', 'fused', 'reference'}, default 'auto'
         The update that runs: the fused C++ kernels (:mod:`adagrad_gluon.kernels`, built on
         first use; bit-identical results, one pass over memory, many parameters per call),
@@ -112,6 +124,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         maximize: bool = False,
         compat: str = "d2l",
         kernel: str = "auto",
+        nonfinite: str = "propagate",
         **kwargs,
     ):
         if compat not in compat_presets.PRESETS:
@@ -151,6 +164,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.compat = compat
         self.eps = _check_number("eps", options["eps"])
+        if self.eps and np.float32(self.eps) == 0:
+            raise ValueError(f"eps must be 0 or at least float32's smallest number (1.4e-45): "
+                             f"{self.eps!r} rounds to 0 in float32 and would give 0/0")
         self.eps_placement = _check_choice(
             "eps_placement", options["eps_placement"], EPS_PLACEMENTS
         )
@@ -162,6 +178,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
             "weight_decay_mode", options["weight_decay_mode"], WEIGHT_DECAY_MODES
         )
         self.maximize = maximize
+        self.nonfinite = _check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.nonfinite_skipped: dict = {}  # index -> updates skipped for a non-finite gradient
         self.kernel = kernels.resolve_kernel(kernel)
         self._checked: dict = {}  # index -> the arrays last checked, and what was found
         # gluon.Trainer hands lists of up to aggregate_num parameters to one update call
@@ -226,6 +244,14 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
         checked = [self._check(*args) for args in zip(index, weight, grad, state, strict=True)]
+        if self.nonfinite != "propagate":
+            keep = self._finite_gradients(index, grad)
+            if not all(keep):
+                index, weight, grad, checked = (
+                    [x for x, k in zip(seq, keep, strict=True) if k]
+                    for seq in (index, weight, grad, checked))
+                if not index:
+                    return
         lrs, wds = self._count_and_rates(index)
         fused, reference = [], []
         for i, w, g, (acc, master, row_sparse, kernel_takes_it), lr, wd in zip(
@@ -242,6 +268,28 @@ class AdagradScratch(mx.optimizer.Optimizer):
             kernels.fused_steps(fused, **self._shared_options())
         for step in reference:
             self._reference_step(step)
+
+    def _finite_gradients(self, indices, grads) -> list[bool]:
+        """Which gradients are finite (one host sync for the whole list). Under
+        ``nonfinite='raise'`` a non-finite one raises :class:`NonFiniteGradientError`; under
+        ``'skip'`` it is counted in :attr:`nonfinite_skipped`."""
+        probes = [nd.sum((g.data if g.stype == "row_sparse" else g).astype(np.float32) * 0)
+                  for g in grads]  # 0 if finite; NaN if any element is NaN or infinite
+        finite = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
+        bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
+        if bad and self.nonfinite == "raise":
+            names = ", ".join(self._name(i) for i in bad)
+            raise NonFiniteGradientError(
+                f"non-finite gradient (NaN or infinity) for parameter(s) {names}; nothing was "
+                f"updated. nonfinite='skip' skips such updates instead")
+        for i in bad:
+            self.nonfinite_skipped[i] = self.nonfinite_skipped.get(i, 0) + 1
+        return finite.tolist()
+
+    @property
+    def num_nonfinite_skipped(self) -> int:
+        """How many parameter updates ``nonfinite='skip'`` has skipped so far."""
+        return sum(self.nonfinite_skipped.values())
 
     def _check(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> tuple:
         """Check one parameter's arrays; return ``(acc, master, row_sparse, kernel_takes_it)``,
@@ -310,7 +358,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return state
 
     def _name(self, index) -> str:
-        return repr(self.idx2name.get(index, index))
+        """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
+        param = self.param_dict.get(index)
+        return repr(param.name if param is not None else self.idx2name.get(index, index))
 
 
 def _check_dense_weight(weight) -> None:

@@ -1,0 +1,175 @@
+"""Property tests (Hypothesis): for random shapes (0-d and empty included), dtypes, option
+combinations and gradient magnitudes (zeros, tiny, huge), every update path (the reference, the
+fused kernel, the multi-tensor kernel, the row_sparse lazy update of each) agrees with the
+float64 reference, weights stay finite, accumulators never decrease and effective learning
+rates never increase."""
+
+import contextlib
+
+import mxnet as mx
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mxnet import nd
+
+from adagrad_gluon import AdagradScratch
+
+from .reference import adagrad_reference, relative_error
+
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+kernels = st.sampled_from(["reference", "fused"])
+
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
+options = st.fixed_dictionaries({
+    "learning_rate": st.sampled_from([0.0, 1e-3, 0.1, 1.0]),
+    "wd": st.sampled_from([0.0, 1e-4, 0.05]),
+    "rescale_grad": st.sampled_from([0.1, 1.0, 4.0]),
+    "clip_gradient": st.sampled_from([None, 0.01, 1.0, 1e3]),
+    "eps": st.sampled_from([0.0, 1e-10, 1e-7, 1e-6, 1e-3]),
+    "eps_placement": st.sampled_from(["inside", "outside"]),
+    "weight_decay_mode": st.sampled_from(["step", "l2", "decoupled"]),
+    "initial_accumulator_value": st.sampled_from([0.0, 0.1]),
+    "lr_decay": st.sampled_from([0.0, 0.1]),
+    "maximize": st.booleans(),
+})
+# zeros, tiny (squares stay normal float32 numbers) and huge (squares stay below float32's max)
+magnitudes = st.sampled_from([0.0, 1e-15, 1e-3, 1.0, 1e3, 1e15])
+
+
+def _reference_options(opts):
+    ref = {k: v for k, v in opts.items()
+           if k not in ("learning_rate", "initial_accumulator_value", "lr_decay")}
+    return ref
+
+
+def _steps(shape, magnitude, seed, steps=4):
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=shape).astype(np.float32)
+    grads = [(rng.normal(size=shape) * magnitude).astype(np.float32) for _ in range(steps)]
+    if grads[0].size:
+        grads[0].flat[0] = 0.0  # always one exact zero
+    return w0, grads
+
+
+def _shape_semantics(shape):
+    """0-d and empty arrays exist in MXNet 1.x only with NumPy shape semantics (as under
+    ``npx.set_np()``, which d2l uses); in legacy mode a 0 in a shape means "unknown"."""
+    if shape == () or 0 in shape:
+        return mx.util.np_shape(True)
+    return contextlib.nullcontext()
+
+
+def _check_against_reference(opts, w0, grads, dtype, multi_precision, kernel):
+    with _shape_semantics(w0.shape):
+        _run_against_reference(opts, w0, grads, dtype, multi_precision, kernel)
+
+
+def _run_against_reference(opts, w0, grads, dtype, multi_precision, kernel):
+    """Run the optimizer and the float64 reference side by side; check every property."""
+    opt = AdagradScratch(multi_precision=multi_precision, kernel=kernel, **opts)
+    w = nd.array(w0, dtype=dtype)
+    state = opt.create_state_multi_precision(0, w)
+    master, acc = state if isinstance(state, tuple) else (None, state)
+    w_ref = w0.astype(dtype).astype(np.float64)
+    s_ref = np.full(w0.shape, opts["initial_accumulator_value"])
+    previous_acc = acc.asnumpy().copy()
+    previous_rate = None
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(dtype)
+        opt.update_multi_precision(0, w, nd.array(g, dtype=dtype), state)
+        lr_t = opts["learning_rate"] / (1 + (t - 1) * opts["lr_decay"])
+        w_ref, s_ref = adagrad_reference(w_ref, g.astype(np.float64), s_ref, lr=lr_t,
+                                         **_reference_options(opts))
+        if dtype == np.float16 and master is None:
+            w_ref = w_ref.astype(np.float16).astype(np.float64)
+        weights = (master if master is not None else w).asnumpy()
+        assert np.isfinite(w.asnumpy()).all(), "weights became non-finite"
+        now_acc = acc.asnumpy()
+        assert (now_acc >= previous_acc).all(), "the accumulator decreased"
+        previous_acc = now_acc.copy()
+        rate = opt.effective_lr(0, state).asnumpy()
+        if previous_rate is not None:
+            both = np.isfinite(rate) & np.isfinite(previous_rate)
+            assert (rate[both] <= previous_rate[both]).all(), "an effective rate increased"
+        previous_rate = rate
+        tolerance = 1e-5 if dtype == np.float32 or master is not None else 2e-3
+        assert relative_error(weights, w_ref) <= tolerance, f"step {t}"
+        assert relative_error(now_acc, s_ref) <= 1e-5, f"step {t} accumulator"
+
+
+@PROPERTY_SETTINGS
+@given(shape=shapes, opts=options, magnitude=magnitudes, seed=st.integers(0, 2**16),
+       kernel=kernels)
+def test_dense_float32_agrees_with_the_reference(shape, opts, magnitude, seed, kernel):
+    w0, grads = _steps(shape, magnitude, seed)
+    _check_against_reference(opts, w0, grads, np.float32, False, kernel)
+
+
+@PROPERTY_SETTINGS
+@given(shape=shapes, opts=options, magnitude=st.sampled_from([0.0, 1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**16), multi_precision=st.booleans(), kernel=kernels)
+def test_dense_float16_agrees_with_the_reference(shape, opts, magnitude, seed, multi_precision,
+                                                 kernel):
+    w0, grads = _steps(shape, magnitude, seed)
+    _check_against_reference(opts, w0, grads, np.float16, multi_precision, kernel)
+
+
+@PROPERTY_SETTINGS
+@given(shape_list=st.lists(shapes.filter(lambda s: s != () and 0 not in s), min_size=2,
+                           max_size=5),
+       opts=options, magnitude=magnitudes, seed=st.integers(0, 2**16))
+def test_multi_tensor_call_agrees_with_the_reference(shape_list, opts, magnitude, seed):
+    """Several parameters in one ``update_multi_precision`` call (one multi-tensor kernel
+    call), each against its own float64 reference."""
+    opt = AdagradScratch(kernel="fused", **opts)
+    runs = [_steps(shape, magnitude, seed + i) for i, shape in enumerate(shape_list)]
+    ws = [nd.array(w0) for w0, _ in runs]
+    states = [opt.create_state(i, w) for i, w in enumerate(ws)]
+    refs = [(w0.astype(np.float64), np.full(w0.shape, opts["initial_accumulator_value"]))
+            for w0, _ in runs]
+    for t in range(1, len(runs[0][1]) + 1):
+        grads = [nd.array(g[t - 1]) for _, g in runs]
+        opt.update_multi_precision(list(range(len(ws))), ws, grads, states)
+        lr_t = opts["learning_rate"] / (1 + (t - 1) * opts["lr_decay"])
+        refs = [adagrad_reference(w, g[t - 1], s, lr=lr_t, **_reference_options(opts))
+                for (w, s), (_, g) in zip(refs, runs, strict=True)]
+        for w, state, (w_ref, s_ref) in zip(ws, states, refs, strict=True):
+            assert np.isfinite(w.asnumpy()).all()
+            assert relative_error(w.asnumpy(), w_ref) <= 1e-5
+            assert relative_error(state.asnumpy(), s_ref) <= 1e-5
+
+
+@PROPERTY_SETTINGS
+@given(rows=st.integers(1, 8), cols=st.integers(1, 4), data=st.data(), opts=options,
+       magnitude=magnitudes, seed=st.integers(0, 2**16), kernel=kernels)
+def test_row_sparse_agrees_with_the_reference_on_present_rows(rows, cols, data, opts,
+                                                               magnitude, seed, kernel):
+    opts = {**opts, "wd": 0.0}  # a lazy update takes no weight decay
+    present = sorted(data.draw(st.sets(st.integers(0, rows - 1), max_size=rows)))
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=(rows, cols)).astype(np.float32)
+    with _shape_semantics(w0.shape):
+        _run_row_sparse(opts, w0, present, magnitude, rng, kernel)
+
+
+def _run_row_sparse(opts, w0, present, magnitude, rng, kernel):
+    rows, cols = w0.shape
+    opt = AdagradScratch(kernel=kernel, **opts)
+    w = nd.array(w0)
+    acc = opt.create_state(0, w)
+    values = (rng.normal(size=(len(present), cols)) * magnitude).astype(np.float32)
+    grad = nd.sparse.row_sparse_array(
+        (nd.array(values), nd.array(present, dtype="int64")), shape=(rows, cols))
+    opt.update(0, w, grad, acc)
+    w_ref = w0.astype(np.float64)
+    s_ref = np.full(w0.shape, opts["initial_accumulator_value"])
+    if present:
+        w_ref[present], s_ref[present] = adagrad_reference(
+            w0[present], values, s_ref[present], lr=opts["learning_rate"],
+            **_reference_options(opts))
+    assert np.isfinite(w.asnumpy()).all()
+    assert relative_error(w.asnumpy(), w_ref) <= 1e-5
+    assert relative_error(acc.asnumpy(), s_ref) <= 1e-5
+    absent = sorted(set(range(rows)) - set(present))
+    np.testing.assert_array_equal(w.asnumpy()[absent], w0[absent])
