@@ -7,7 +7,9 @@ the full-data loss every 200 examples, as the chapter does:
 * the package: :func:`adagrad_gluon.training.train_concise_ch10`;
 * d2l-style: a Gluon ``DataLoader`` over an ``ArrayDataset``, ``autograd`` and a
   ``gluon.Trainer``, an un-hybridized ``nn.Sequential``, the loss evaluated batch by batch,
-  written here as d2l writes it.
+  written here as d2l writes it; except that the loss is evaluated over an unshuffled loader
+  (d2l reuses the shuffling one, whose extra draws from numpy's RNG would change the later
+  batch order and so the final loss), so that both loops train on the same batches.
 
 Runs alternate (interleaved repeats); the minimum seconds per epoch are reported, training
 only (the loss evaluations excluded, as d2l's timer does) and in total, with the ratios and the
@@ -39,6 +41,7 @@ def d2l_style(features: np.ndarray, labels: np.ndarray, hyperparams: dict) -> di
     mx.random.seed(SEED)
     dataset = gluon.data.ArrayDataset(nd.array(features), nd.array(labels))
     data_iter = gluon.data.DataLoader(dataset, BATCH_SIZE, shuffle=True)
+    eval_iter = gluon.data.DataLoader(dataset, BATCH_SIZE, shuffle=False)
     net = gluon.nn.Sequential()
     net.add(gluon.nn.Dense(1))
     net.initialize(init.Normal(sigma=0.01))
@@ -47,7 +50,7 @@ def d2l_style(features: np.ndarray, labels: np.ndarray, hyperparams: dict) -> di
 
     def evaluate_loss() -> float:
         total, count = 0.0, 0
-        for X, y in data_iter:
+        for X, y in eval_iter:
             batch_loss = loss(net(X), y)
             total += batch_loss.sum().asscalar()
             count += batch_loss.size
