@@ -66,7 +66,13 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (and exit code 2)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines included) escaped, so that a message
+    quoting user input stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,10 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except DataFileError as exc:
-        print(f"{PROG}: error: {exc} (on the command line: --data-dir DIR)", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)} (on the command line: --data-dir DIR)",
+              file=sys.stderr)
         return 1
     except OSError as exc:  # an output that cannot be written
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -210,11 +210,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def current_lr(self, index) -> float:
         """The learning rate of parameter ``index`` for the update counted last: the scheduler's
         (or global) rate times its ``lr_mult``, decayed by ``lr_decay``."""
-        lr = self._get_lr(index)
-        if self.lr_decay:
-            t = self._index_update_count.get(index, self.begin_num_update)
-            lr /= 1.0 + (t - 1) * self.lr_decay
-        return lr
+        return self._decayed(self._get_lr(index),
+                             self._index_update_count.get(index, self.begin_num_update))
+
+    def _decayed(self, lr: float, t: int) -> float:
+        """``lr / (1 + (t - 1) * lr_decay)`` for the ``t``-th update (PyTorch's ``lr_decay``)."""
+        return lr / (1.0 + (t - 1) * self.lr_decay) if self.lr_decay else lr
 
     def effective_lr(self, index, state) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
@@ -321,11 +322,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
                 lrs.append(self.current_lr(i))
             return lrs, self._get_wds(indices)
         self._update_count(indices)
-        lrs = self._get_lrs(indices)
-        if self.lr_decay:  # as in current_lr, with the count that all indices share
-            decay = 1.0 + (self._index_update_count[indices[0]] - 1) * self.lr_decay
-            lrs = [lr / decay for lr in lrs]
-        return lrs, self._get_wds(indices)
+        t = self._index_update_count[indices[0]]  # the count all of them share
+        return [self._decayed(lr, t) for lr in self._get_lrs(indices)], self._get_wds(indices)
 
     def _shared_options(self) -> dict:
         """The update's options other than ``lr`` and ``wd`` (one set for every parameter)."""

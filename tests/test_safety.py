@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mxnet import autograd, gluon, nd
 
@@ -219,6 +219,8 @@ VALUES = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(argv=st.lists(st.one_of(st.sampled_from(FLAGS), VALUES), max_size=6))
+@example(argv=["compare", "\n"])  # found by this test: a newline in a quoted argument
+@example(argv=["sweep", "--lrs", "1,\x1e2"])
 def test_any_command_line_parses_or_fails_in_one_line(argv):
     """Argument handling alone (no training): every argv either parses into checked values
     or ends with exit code 2 (0 for --help) and a one-line message, never a traceback."""
