@@ -97,8 +97,9 @@ def _install(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
     optimizer.num_update = max(optimizer.num_update, count)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``:
+    a reader (or a crash) sees the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
@@ -126,7 +127,7 @@ def save_states(trainer: gluon.Trainer, path: str | os.PathLike) -> None:
                        "dtype": np.dtype(param.dtype).name, "update_count": count})
     meta = {"format": FORMAT, "version": VERSION, "options": optimizer_options(optimizer),
             "num_update": optimizer.num_update, "params": params}
-    _atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
+    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

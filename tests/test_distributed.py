@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import mxnet as mx
@@ -219,8 +220,11 @@ def test_killed_worker_stops_the_job_and_leaves_no_process(tmp_path):
                 break
         else:
             pytest.fail("the job ended before its first epoch:\n" + "".join(seen))
+        killed_at = time.perf_counter()
         os.kill(started_pids("".join(seen))["worker 1"], signal.SIGKILL)
         rest, _ = job.communicate(timeout=30)
+        print(f"\nlauncher exited {time.perf_counter() - killed_at:.2f} s after worker 1's "
+              f"SIGKILL")
     finally:
         if job.poll() is None:
             job.send_signal(signal.SIGTERM)  # the launcher stops its processes on SIGTERM

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from mxnet import nd
+
+from ..state import atomic_write
 
 FORMAT = "adagrad_gluon.optimizer_states"
 VERSION = 1
@@ -126,15 +127,7 @@ def write_states(path: str | os.PathLike, updater, *, token: str = "") -> None:
         layouts.append(layout)
         arrays.update({f"state_{key}_{i}": part for i, part in enumerate(parts)})
     arrays["layouts"] = np.array(layouts, dtype=np.int64)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_states(path: str | os.PathLike) -> SavedStates:
