@@ -107,7 +107,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         first use; bit-identical results, one pass over memory, many parameters per call),
         the NDArray reference (:mod:`adagrad_gluon.functional`), or the kernels if they build
         and else the reference with one warning. ``'auto'`` defers to the environment
-        variable ``ADAGRAD_GLUON_KERNEL``. The attribute ``kernel`` holds the path chosen.
+        variable ``ADAGRAD_GLUON_KERNEL``, and is decided again where a pickled optimizer is
+        loaded. The attribute ``kernel`` holds the path chosen.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -180,10 +181,15 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self.maximize = maximize
         self.nonfinite = _check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite_skipped: dict = {}  # index -> updates skipped for a non-finite gradient
-        self.kernel = kernels.resolve_kernel(kernel)
+        self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
+        self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked, and what was found
+
+    def _use_kernel(self, kernel: str) -> None:
+        """Run the update through ``kernel`` (``'fused'`` or ``'reference'``)."""
+        self.kernel = kernel
         # gluon.Trainer hands lists of up to aggregate_num parameters to one update call
-        self.aggregate_num = kernels.AGGREGATE_NUM if self.kernel == "fused" else 0
+        self.aggregate_num = kernels.AGGREGATE_NUM if kernel == "fused" else 0
 
     def set_learning_rate(self, lr: float) -> None:
         """Set the global learning rate (validated as in ``__init__``)."""
@@ -354,6 +360,13 @@ class AdagradScratch(mx.optimizer.Optimizer):
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, resolving ``kernel`` again for this machine (a parameter server or another
+        host may lack the compiler the pickling one had): ``'auto'`` may fall back, ``'fused'``
+        raises :class:`~adagrad_gluon.kernels.KernelUnavailableError` here, not mid-training."""
+        super().__setstate__(state)
+        self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""

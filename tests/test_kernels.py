@@ -436,6 +436,39 @@ FALLBACK_SCRIPT = """
 """
 
 
+UNPICKLE_SCRIPT = """
+    import pickle, sys, warnings
+    import adagrad_gluon
+    from adagrad_gluon import kernels
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = pickle.loads(open("auto.pkl", "rb").read())
+    print("AUTO:", auto.kernel, auto.aggregate_num,
+          sum(issubclass(w.category, kernels.KernelFallbackWarning) for w in caught))
+    try:
+        pickle.loads(open("fused.pkl", "rb").read())
+    except kernels.KernelUnavailableError as exc:
+        print("FUSED:", type(exc).__name__)
+"""
+
+
+def test_a_pickled_auto_optimizer_chooses_again_where_it_is_loaded(tmp_path):
+    """An optimizer pickled where the kernels built (``Trainer.save_states``, or sent to a
+    parameter server) falls back where there is no compiler, unless fused was demanded."""
+    import pickle
+
+    for choice in ("auto", "fused"):
+        optimizer = mx.optimizer.create("adagrad_scratch", kernel=choice)
+        assert optimizer.kernel == "fused" and optimizer.kernel_choice == choice
+        (tmp_path / f"{choice}.pkl").write_bytes(pickle.dumps(optimizer))
+    done = _python(UNPICKLE_SCRIPT, {kernels.CXX_ENV: str(tmp_path / "no-such-c++"),
+                                     CACHE_DIR_ENV: str(tmp_path / "cache")}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "AUTO: reference 0 1" in done.stdout
+    assert "FUSED: KernelUnavailableError" in done.stdout
+
+
 def test_without_a_compiler_auto_falls_back_with_one_warning(tmp_path):
     done = _python(FALLBACK_SCRIPT, {kernels.CXX_ENV: str(tmp_path / "no-such-c++"),
                                      CACHE_DIR_ENV: str(tmp_path / "cache")}, tmp_path)

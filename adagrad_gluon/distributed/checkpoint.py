@@ -27,6 +27,8 @@ VERSION = 1
 WORKER_FILE = "workers.npz"
 _SCALARS = (bool, int, float, str, type(None))
 _COUNTERS = ("num_update",)  # progress, restored from the counters rather than compared
+# how the update runs, not what it computes (the kernels are bit-identical to the reference)
+_EXECUTION = ("kernel", "kernel_choice", "aggregate_num")
 
 State = np.ndarray | tuple[np.ndarray, ...] | None
 
@@ -70,9 +72,10 @@ def _scalar_attributes(obj) -> dict:
 
 
 def optimizer_options(optimizer) -> dict:
-    """The optimizer's public scalar attributes but its counters: what a resumed run must
-    share with the saved one to continue bit for bit."""
-    return {k: v for k, v in _scalar_attributes(optimizer).items() if k not in _COUNTERS}
+    """The optimizer's public scalar attributes but its counters and the choice of update
+    path: what a resumed run must share with the saved one to continue bit for bit."""
+    return {k: v for k, v in _scalar_attributes(optimizer).items()
+            if k not in _COUNTERS + _EXECUTION}
 
 
 def _state_arrays(key, state) -> tuple[int, list[np.ndarray]]:
