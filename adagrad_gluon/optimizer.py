@@ -197,11 +197,11 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     # -- state -------------------------------------------------------------------------------
 
-    def create_state(self, index, weight: nd.NDArray) -> nd.NDArray:
+    def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
         _check_dense_weight(weight)
-        dtype = np.float64 if weight.dtype == np.float64 else np.float32
-        return nd.full(weight.shape, self.initial_accumulator_value, weight.context, dtype=dtype)
+        return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
+                       dtype=accumulator_dtype(weight.dtype))
 
     def create_state_multi_precision(self, index, weight: nd.NDArray):
         """``(float32 master weight, accumulator)`` for float16 weights with
@@ -220,8 +220,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
                              self._index_update_count.get(index, self.begin_num_update))
 
     def _decayed(self, lr: float, t: int) -> float:
-        """``lr / (1 + (t - 1) * lr_decay)`` for the ``t``-th update (PyTorch's ``lr_decay``)."""
-        return lr / (1.0 + (t - 1) * self.lr_decay) if self.lr_decay else lr
+        """``lr / (1 + (t - 1) * lr_decay)`` for the ``t``-th update (PyTorch's ``lr_decay``);
+        before the first update (``t = 0``) the rate of the first."""
+        return lr / (1.0 + (max(t, 1) - 1) * self.lr_decay) if self.lr_decay else lr
 
     def effective_lr(self, index, state) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
@@ -280,8 +281,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """Which gradients are finite (one host sync for the whole list). Under
         ``nonfinite='raise'`` a non-finite one raises :class:`NonFiniteGradientError`; under
         ``'skip'`` it is counted in :attr:`nonfinite_skipped`."""
-        probes = [nd.sum((g.data if g.stype == "row_sparse" else g).astype(np.float32) * 0)
-                  for g in grads]  # 0 if finite; NaN if any element is NaN or infinite
+        # 0 if finite; NaN if any element is NaN or infinite (in the gradient's own dtype, so
+        # a large finite float64 value does not overflow)
+        probes = [nd.sum((g.data if g.stype == "row_sparse" else g) * 0).astype(np.float64)
+                  for g in grads]
         finite = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
         bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
         if bad and self.nonfinite == "raise":
@@ -302,7 +305,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """Check one parameter's arrays; return ``(acc, master, row_sparse, kernel_takes_it)``,
         the last telling whether the kernels support its dtypes. The checks run again only
         when the arrays are other objects than last time (an NDArray's shape, dtype and storage
-        type cannot change): they cost ~10 us a parameter.
+        type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
+        every step, so they are checked every time.
         """
         master, acc = state if isinstance(state, (tuple, list)) else (None, state)
         known = self._checked.get(index)
@@ -312,6 +316,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
             known = (weight, grad, acc, master, grad.stype == "row_sparse",
                      kernels.supports(weight, acc, master))
             self._checked[index] = known
+        if known[4]:
+            _check_rows(self._name(index), grad, weight)
         return known[2:]
 
     def _count_and_rates(self, indices) -> tuple[list[float], list[float]]:
@@ -374,6 +380,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return repr(param.name if param is not None else self.idx2name.get(index, index))
 
 
+def accumulator_dtype(weight_dtype) -> type:
+    """The accumulator's dtype for a weight of ``weight_dtype``: float64 for float64 weights,
+    float32 otherwise (float16 weights included)."""
+    return np.float64 if np.dtype(weight_dtype) == np.float64 else np.float32
+
+
 def _check_dense_weight(weight) -> None:
     if not isinstance(weight, nd.NDArray):
         raise TypeError(f"weight must be an mxnet NDArray, got {type(weight).__name__}")
@@ -396,7 +408,11 @@ def _check_arrays(name: str, weight, grad, acc, master) -> None:
             f"parameter {name}: gradient shape {grad.shape} does not match "
             f"weight shape {weight.shape}"
         )
-    for what, array in (("accumulator", acc), ("master weight", master)):
+    if grad.dtype != weight.dtype:
+        raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
+                        f"match weight dtype {np.dtype(weight.dtype).name}")
+    for what, array, dtype in (("accumulator", acc, accumulator_dtype(weight.dtype)),
+                               ("master weight", master, np.float32)):
         if array is None:
             continue
         if not isinstance(array, nd.NDArray):
@@ -406,6 +422,21 @@ def _check_arrays(name: str, weight, grad, acc, master) -> None:
                 f"parameter {name}: {what} (optimizer state) shape {array.shape} does not "
                 f"match weight shape {weight.shape}"
             )
+        if array.dtype != dtype:
+            raise TypeError(f"parameter {name}: {what} (optimizer state) dtype "
+                            f"{np.dtype(array.dtype).name} should be {np.dtype(dtype).name} "
+                            f"for a {np.dtype(weight.dtype).name} weight")
+
+
+def _check_rows(name: str, grad: nd.NDArray, weight: nd.NDArray) -> None:
+    """A row_sparse gradient's rows must be strictly increasing and inside the weight (one
+    host sync; MXNet itself would apply duplicates once, or fail or hang out of range)."""
+    rows = grad.indices.asnumpy()
+    if rows.size and (rows[0] < 0 or rows[-1] >= weight.shape[0]
+                      or (np.diff(rows) <= 0).any()):
+        raise ValueError(f"parameter {name}: the row_sparse gradient's row indices must be "
+                         f"strictly increasing and in [0, {weight.shape[0]}); got "
+                         f"{np.array2string(rows, threshold=10)}")
 
 
 def register() -> None:

@@ -112,3 +112,12 @@ def test_eps_that_float32_cannot_hold_is_refused():
     with pytest.raises(ValueError, match="eps .* rounds to 0 in float32"):
         AdagradScratch(eps=1e-50)
     assert AdagradScratch(eps=1e-40).eps == 1e-40  # a float32 subnormal is fine
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_large_finite_float64_gradients_are_not_taken_for_infinite(kernel):
+    opt = AdagradScratch(learning_rate=0.1, nonfinite="raise", kernel=kernel)
+    w = nd.ones((2,), dtype="float64")
+    state = opt.create_state(0, w)
+    opt.update(0, w, nd.array([1e39, 1.0], dtype="float64"), state)  # beyond float32's range
+    assert np.isfinite(w.asnumpy()).all() and opt.num_nonfinite_skipped == 0

@@ -290,3 +290,42 @@ def test_multi_precision_through_trainer_matches_float32_run():
         opt32.update(0, w32, nd.array(g16.astype(np.float32)), st32)
     np.testing.assert_array_equal(st16[0].asnumpy(), w32.asnumpy())
     np.testing.assert_array_equal(w16.asnumpy(), w32.asnumpy().astype(np.float16))
+
+
+def test_lr_decay_rate_before_the_first_update_is_the_first_updates():
+    opt = AdagradScratch(learning_rate=0.1, lr_decay=1.0)
+    assert opt.current_lr(0) == 0.1  # not 0.1 / (1 - 1): no update counted yet
+    w = nd.ones((2,))
+    state = opt.create_state(0, w)
+    opt.update(0, w, nd.ones((2,)), state)
+    assert opt.current_lr(0) == 0.1
+    opt.update(0, w, nd.ones((2,)), state)
+    assert opt.current_lr(0) == pytest.approx(0.05)
+
+
+def test_state_or_gradient_of_the_wrong_dtype_is_refused():
+    opt = AdagradScratch()
+    w = nd.ones((3,))
+    with pytest.raises(TypeError, match="accumulator .* dtype float16 should be float32"):
+        opt.update(0, w, nd.ones((3,)), nd.zeros((3,), dtype="float16"))
+    with pytest.raises(TypeError, match="gradient dtype float64 does not match weight dtype "
+                                        "float32"):
+        opt.update(0, w, nd.ones((3,), dtype="float64"), opt.create_state(0, w))
+    w16 = nd.ones((3,), dtype="float16")
+    master = nd.ones((3,), dtype="float16")
+    with pytest.raises(TypeError, match="master weight .* dtype float16 should be float32"):
+        opt.update(0, w16, nd.ones((3,), dtype="float16"), (master, nd.zeros((3,))))
+
+
+@pytest.mark.parametrize("kernel", ["reference", "fused"])
+@pytest.mark.parametrize("rows", [[2, 1], [1, 1], [0, 6], [-1, 2]], ids=str)
+def test_malformed_row_sparse_rows_are_refused(kernel, rows):
+    opt = AdagradScratch(kernel=kernel)
+    w = nd.ones((6, 2))
+    state = opt.create_state(0, w)
+    grad = nd.sparse.row_sparse_array((nd.ones((2, 2)), nd.array(rows, dtype="int64")),
+                                      shape=(6, 2))
+    with pytest.raises(ValueError, match=r"row indices must be strictly increasing and in "
+                                         r"\[0, 6\)"):
+        opt.update(0, w, grad, state)
+    np.testing.assert_array_equal(w.asnumpy(), 1.0)
