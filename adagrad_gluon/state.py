@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import gluon, nd
 
-from .optimizer import AdagradScratch
+from .optimizer import AdagradScratch, accumulator_dtype
 
 FORMAT = "adagrad_gluon.states"
 VERSION = 1
@@ -153,6 +153,44 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def check_state_array(source: str, array, *, shape: tuple | None = None, dtype=None,
+                      accumulator: bool = False) -> np.ndarray:
+    """``array`` as a numpy array if it is a finite float array (of ``shape`` and ``dtype``,
+    if given; ``>= 0`` if it is an ``accumulator``); else ``ValueError`` naming ``source``."""
+    array = np.asarray(array)
+    if array.dtype.kind != "f" or (dtype is not None and array.dtype != np.dtype(dtype)):
+        wanted = np.dtype(dtype).name if dtype is not None else "a float dtype"
+        raise ValueError(f"{source} has dtype {array.dtype.name}, expected {wanted}")
+    if shape is not None and array.shape != tuple(shape):
+        raise ValueError(f"{source} has shape {array.shape}, expected {tuple(shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{source} holds NaN or infinite values")
+    if accumulator and (array < 0).any():
+        raise ValueError(f"{source} holds negative values: not a sum of squared gradients")
+    return array
+
+
+def _check_count(source: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{source} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _check_entry(path: Path, entry, num_params: int) -> dict:
+    """One ``meta['params']`` entry, with the types the schema says."""
+    fields = {"index": int, "name": str, "shape": list, "dtype": str, "update_count": int}
+    if not isinstance(entry, dict) or any(
+            not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool)
+            for k, t in fields.items()):
+        raise ValueError(f"{path}: a parameter entry must have {', '.join(fields)} of types "
+                         f"{', '.join(t.__name__ for t in fields.values())}; got {entry!r:.200}")
+    if not 0 <= entry["index"] < num_params:
+        raise ValueError(f"{path}: state for parameter #{entry['index']}, but the trainer has "
+                         f"{num_params} parameters")
+    _check_count(f"{path}: update_count of parameter #{entry['index']}", entry["update_count"])
+    return entry
+
+
 def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
                 check_names: bool = True) -> None:
     """Restore states written by :func:`save_states` into ``trainer``.
@@ -171,13 +209,13 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
         listing = ", ".join(f"{k}: saved {a!r}, trainer {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"{path} was saved under other optimizer options ({listing}); create "
                          f"the trainer with the saved options to resume")
-    entries = meta.get("params", [])
+    entries = meta.get("params")
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: 'params' must be a list, got {entries!r:.80}")
+    num_update = _check_count(f"{path}: num_update", meta.get("num_update"))
     expected_keys = set()
     for entry in entries:
-        index = entry["index"]
-        if not 0 <= index < len(trainer._params):
-            raise ValueError(f"{path}: state for parameter #{index}, but the trainer has "
-                             f"{len(trainer._params)} parameters")
+        index = _check_entry(path, entry, len(trainer._params))["index"]
         param = trainer._params[index]
         if check_names and entry["name"] != param.name:
             raise ValueError(f"{path}: parameter #{index} is {entry['name']!r} in the file but "
@@ -191,19 +229,20 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
         has_master = optimizer.multi_precision and np.dtype(param.dtype) == np.float16
         if has_master:
             expected_keys.add(f"master/{index}")
-        for key in (f"acc/{index}", f"master/{index}") if has_master else (f"acc/{index}",):
-            array = arrays.get(key)
-            if array is None or array.shape != tuple(param.shape) or array.dtype.kind != "f":
-                raise ValueError(f"{path}: {key} should be a float array of shape "
-                                 f"{tuple(param.shape)}, got "
-                                 f"{None if array is None else (array.shape, array.dtype)}")
+        if f"acc/{index}" not in arrays or (has_master and f"master/{index}" not in arrays):
+            raise ValueError(f"{path}: the state of parameter #{index} ({param.name}) is missing")
+        check_state_array(f"{path}: acc/{index}", arrays[f"acc/{index}"], shape=param.shape,
+                          dtype=accumulator_dtype(param.dtype), accumulator=True)
+        if has_master:
+            check_state_array(f"{path}: master/{index}", arrays[f"master/{index}"],
+                              shape=param.shape, dtype=np.float32)
     if set(arrays) != expected_keys:
         raise ValueError(f"{path}: unexpected arrays {sorted(set(arrays) - expected_keys)}")
     for entry in entries:
         index = entry["index"]
         _install(trainer, optimizer, index, arrays.get(f"master/{index}"),
-                 arrays[f"acc/{index}"], int(entry["update_count"]))
-    optimizer.num_update = int(meta["num_update"])
+                 arrays[f"acc/{index}"], entry["update_count"])
+    optimizer.num_update = num_update
 
 
 def _torch_order(trainer: gluon.Trainer, params) -> list[int]:
@@ -226,8 +265,8 @@ def to_torch_state_dict(trainer: gluon.Trainer, params=None) -> dict:
     tensors if torch is importable, numpy arrays otherwise. Warns if the optimizer's numerics
     are not PyTorch's (eps outside the root, L2 weight decay).
     """
-    order = _torch_order(trainer, params)
     optimizer, states = _collect(trainer)
+    order = _torch_order(trainer, params)
     if optimizer.eps_placement != "outside" or (optimizer.wd and
                                                 optimizer.weight_decay_mode != "l2"):
         warnings.warn("exporting adagrad_scratch state whose numerics differ from PyTorch's "
@@ -254,33 +293,64 @@ def to_torch_state_dict(trainer: gluon.Trainer, params=None) -> dict:
     return {"state": state, "param_groups": [group]}
 
 
+def _numpy(value) -> np.ndarray:
+    """A torch tensor (on any device) or array-like as a numpy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+# torch's name -> ours, for the options whose difference changes what the state means
+_TORCH_OPTIONS = {"eps": "eps", "lr_decay": "lr_decay", "weight_decay": "wd",
+                  "initial_accumulator_value": "initial_accumulator_value"}
+
+
 def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None) -> None:
     """Load a ``torch.optim.Adagrad`` ``state_dict`` (one param group) into ``trainer``.
 
-    ``params`` as in :func:`to_torch_state_dict`. Each ``sum`` must have the shape of the
-    matching parameter; ``step`` becomes that parameter's update count, so ``lr_decay``
-    continues where PyTorch left off.
+    ``params`` as in :func:`to_torch_state_dict`. Each ``sum`` must be a finite, non-negative
+    float array of the matching parameter's shape and each ``step`` an integer >= 0 (it
+    becomes that parameter's update count, so ``lr_decay`` continues where PyTorch left off);
+    anything else raises ``ValueError``. Warns if the state was made under other options
+    (``eps``, ``lr_decay``, ``weight_decay``, ``initial_accumulator_value``) than the
+    trainer's optimizer has.
     """
-    order = _torch_order(trainer, params)
     optimizer, _ = _adagrad_trainer(trainer)
-    if not isinstance(state_dict, dict) or "state" not in state_dict:
-        raise ValueError("expected a torch.optim.Adagrad state_dict with a 'state' entry")
+    order = _torch_order(trainer, params)
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+        raise ValueError("expected a torch.optim.Adagrad state_dict: a dict whose 'state' is a "
+                         "dict of {parameter number: {'step', 'sum'}}")
+    groups = state_dict.get("param_groups") or [{}]
+    differ = {theirs: (groups[0][theirs], getattr(optimizer, ours))
+              for theirs, ours in _TORCH_OPTIONS.items()
+              if theirs in groups[0] and groups[0][theirs] != getattr(optimizer, ours)}
+    if differ:
+        listing = ", ".join(f"{k}: saved {a!r}, trainer {b!r}" for k, (a, b) in differ.items())
+        warnings.warn(f"the PyTorch state was made under other options ({listing}); training "
+                      f"continues with the trainer's", stacklevel=2)
+    updates = []
     for key, entry in state_dict["state"].items():
-        if not 0 <= int(key) < len(order):
-            raise ValueError(f"state_dict has state for parameter #{key}, but the trainer has "
-                             f"{len(order)} parameters")
-        index = order[int(key)]
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) \
+                or not 0 <= key < len(order):
+            raise ValueError(f"state_dict has state for parameter {key!r}, but the trainer has "
+                             f"parameters 0..{len(order) - 1}")
+        if not isinstance(entry, dict) or not {"sum", "step"} <= set(entry):
+            raise ValueError(f"state_dict state #{key} must be a dict with 'sum' and 'step'")
+        index = order[key]
         param = trainer._params[index]
-        acc = np.asarray(entry["sum"].cpu() if hasattr(entry["sum"], "cpu") else entry["sum"])
-        if acc.shape != tuple(param.shape):
-            raise ValueError(f"state_dict 'sum' for parameter #{index} ({param.name}) has shape "
-                             f"{acc.shape}, the parameter {tuple(param.shape)}")
-        step = float(np.asarray(entry["step"]))
+        source = f"state_dict 'sum' of parameter #{key} ({param.name})"
+        acc = check_state_array(source, _numpy(entry["sum"]), shape=param.shape,
+                                accumulator=True)
+        step = _numpy(entry["step"])
+        if step.shape != () or not np.isfinite(step) or step < 0 or step != int(step):
+            raise ValueError(f"state_dict 'step' of parameter #{key} must be an integer >= 0, "
+                             f"got {step!r}")
         master = None
         if optimizer.multi_precision and np.dtype(param.dtype) == np.float16:
             master = param.data().astype(np.float32).asnumpy()
-        dtype = np.float64 if np.dtype(param.dtype) == np.float64 else np.float32
-        _install(trainer, optimizer, index, master, acc.astype(dtype), int(step))
+        updates.append((index, master, acc.astype(accumulator_dtype(param.dtype)), int(step)))
+    for update in updates:  # all checked before any is installed
+        _install(trainer, optimizer, *update)
 
 
 __all__ = ["save_states", "load_states", "to_torch_state_dict", "load_torch_state_dict",

@@ -203,6 +203,10 @@ def test_states_file_errors_name_the_file(tmp_path):
     np.savez(newer, **{**fields, "version": np.array(checkpoint.VERSION + 1)})
     with pytest.raises(CheckpointError, match="format version"):
         checkpoint.read_states(newer)
+    for bad, match in ((-1.0, "holds negative values"), (np.nan, "holds NaN")):
+        np.savez(newer, **{**fields, "state_1_0": np.full((2, 2), bad, np.float32)})
+        with pytest.raises(CheckpointError, match=f"newer.npz: state 1.0 {match}"):
+            checkpoint.read_states(newer)
 
 
 # -- failures ------------------------------------------------------------------------------------

@@ -340,12 +340,40 @@ def test_half_trained_model_moves_to_torch_and_continues_alike():
         assert relative_error(p.detach().numpy(), q.data().asnumpy()) <= 1e-4
 
 
-def test_torch_state_dict_of_the_wrong_shape_is_refused():
-    net = _net()
-    trainer = _trainer(net, "pytorch")
-    bad = {"state": {0: {"step": np.float32(1), "sum": np.zeros((4, 6))}}, "param_groups": []}
-    with pytest.raises(ValueError, match=r"'sum' for parameter #0 .* shape \(4, 6\)"):
-        load_torch_state_dict(trainer, bad)
+def _entry(step=1.0, total=None):
+    return {"step": step, "sum": np.zeros(6, np.float32) if total is None else total}
+
+
+@pytest.mark.parametrize("state, match", [
+    ({0: _entry(total=np.zeros((4, 6)))}, r"'sum' of parameter #0 \(net_b1\) has shape \(4, 6\), "
+                                          r"expected \(6,\)"),
+    ({0: _entry(total=-np.ones(6))}, "'sum' of parameter #0 .* holds negative values"),
+    ({0: _entry(total=np.full(6, np.nan))}, "holds NaN"),
+    ({0: _entry(total=np.zeros(6, np.int64))}, "has dtype int64"),
+    ({0: _entry(step=-1.0)}, "'step' of parameter #0 must be an integer >= 0"),
+    ({0: _entry(step=1.5)}, "'step' of parameter #0 must be an integer >= 0"),
+    ({0: {"step": 1.0}}, "state #0 must be a dict with 'sum' and 'step'"),
+    ({7: _entry()}, "parameter 7, but the trainer has parameters 0..3"),
+    ({"0": _entry()}, "parameter '0'"),
+    ([_entry()], "a dict whose 'state' is a dict"),
+])
+def test_malformed_torch_state_dicts_are_refused(state, match):
+    trainer = _trainer(_net(), "pytorch")
+    with pytest.raises(ValueError, match=match):
+        load_torch_state_dict(trainer, {"state": state, "param_groups": []})
+    assert not trainer._updaters[0].states  # nothing was installed
+
+
+def test_torch_state_dict_made_under_other_options_warns():
+    trainer = _trainer(_net(), "pytorch")
+    state = {"state": {0: _entry()}, "param_groups": [{"eps": 1e-3, "lr_decay": 0.01}]}
+    with pytest.warns(UserWarning, match=r"other options \(eps: saved 0.001, trainer 1e-10\)"):
+        load_torch_state_dict(trainer, state)
+
+
+def test_torch_export_of_a_non_trainer_is_a_type_error():
+    with pytest.raises(TypeError, match="expected a gluon.Trainer"):
+        to_torch_state_dict(5)
 
 
 # -- float16, sparse, contexts ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from ..state import atomic_write
+from ..state import atomic_write, check_state_array
 
 FORMAT = "adagrad_gluon.optimizer_states"
 VERSION = 1
@@ -150,7 +150,10 @@ def read_states(path: str | os.PathLike) -> SavedStates:
             keys = [int(k) for k in z["keys"]]
             states: dict[int, State] = {}
             for key, layout in zip(keys, (int(n) for n in z["layouts"]), strict=True):
-                parts = tuple(z[f"state_{key}_{i}"] for i in range(max(layout, 1)))
+                count = max(layout, 1)  # AdagradScratch: (accumulator) or (master, accumulator)
+                parts = tuple(check_state_array(f"{path}: state {key}.{i}",
+                                                z[f"state_{key}_{i}"], accumulator=i == count - 1)
+                              for i in range(count))
                 states[key] = None if layout < 0 else parts[0] if layout == 0 else parts
             return SavedStates(
                 path=path,
