@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # an output that cannot be written
         print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except OverflowError as exc:  # Python float arithmetic, e.g. the 2-D example's g ** 2
+        print(f"{PROG}: error: the computation overflowed ({one_line(exc)}); try a smaller "
+              f"learning rate", file=sys.stderr)
+        return 1
 
 
 # -- argument types: each turns a string into a checked value or an ArgumentTypeError ---------

@@ -16,7 +16,8 @@ optax      1e-7     inside     0.1          l2 (``chain(add_decayed_weights, ada
 =========  =======  ========  ===========  ====================================================
 
 ``inside`` is ``g / sqrt(s + eps)``, ``outside`` is ``g / (sqrt(s) + eps)``. Every preset makes
-the update 0 where ``s == 0`` (Optax's rule; elsewhere it only matters for ``eps = 0``).
+the update 0 where ``s == 0``, as Optax does (up to a gradient so small that its square
+underflows), never 0/0 even with ``eps = 0``.
 """
 
 from __future__ import annotations

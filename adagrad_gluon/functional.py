@@ -10,7 +10,7 @@ Everything else in the package (the optimizer class, the fused kernels) is teste
     s = s + g * g
     d = g / sqrt(s + eps)            # eps_placement 'inside'  (MXNet 1.x, d2l, Keras, Optax)
     d = g / (sqrt(s) + eps)          # eps_placement 'outside' (PyTorch, MXNet 2.0)
-    d = 0 where s == 0               # so zero gradients never give 0/0, even with eps = 0
+    d = g where sqrt(s) + eps == 0   # eps = 0 and s == 0: never 0/0 (see below)
     w = w - lr * (d + wd * w)        # weight_decay_mode 'step' (MXNet 1.x)
     w = w - lr * d                   # weight_decay_mode 'l2'
     w = (w - lr * wd * w) - lr * d   # weight_decay_mode 'decoupled' (Keras)
@@ -63,7 +63,8 @@ def adagrad_update(
     else:
         denom = nd.sqrt(state) + eps
     if eps == 0:
-        # denom == 0 only where s == 0, and there g == 0: divide by 1 to make the update 0.
+        # denom == 0 only where s == 0, so g * g == 0 there: g is 0 (or so small that its
+        # square underflows); dividing it by 1 makes the update 0 (or negligible), never 0/0.
         denom = denom + (denom == 0)
     div = g / denom
     if weight_decay_mode == "step" and wd:

@@ -61,7 +61,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     This is MXNet 1.9.1's ``adagrad`` update with the chapter's ``eps = 1e-6`` (the built-in
     defaults to 1e-7); with equal ``eps`` the two agree step for step. Where ``s == 0`` the
-    update is 0, so zero gradients never give NaN, even with ``eps = 0``. The options below
+    gradient is 0 (or so small its square underflows) and so is the update: zero gradients
+    never give NaN, even with ``eps = 0``. The options below
     generalise the formula; :mod:`adagrad_gluon.functional` states the full update.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy

@@ -199,6 +199,12 @@ def test_a_diverged_run_is_reported_not_a_crash(tmp_path):
     assert_png(tmp_path / "sweep.png")
 
 
+def test_an_overflowing_trajectory_is_one_line_not_a_traceback(tmp_path):
+    code, _, stderr = run_main(["trajectory", "--eta", "1e160", "--out", str(tmp_path)])
+    assert code == 1
+    assert stderr.count("\n") == 1 and "overflowed" in stderr and "Traceback" not in stderr
+
+
 def test_sweep_default_learning_rates():
     args = build_parser().parse_args(["sweep"])
     assert args.lrs == [0.01, 0.1, 0.4, 1.0, 2.0]

@@ -67,8 +67,9 @@ def run_job(*example_args: str, kvstore: str = "dist_sync", servers: int = 1) ->
     """Run the example as ``WORKERS`` workers; return the job's output."""
     out = io.StringIO()
     try:
+        # a generous grace: servers exit a moment after the workers, later on a busy machine
         launch([PYTHON, str(EXAMPLE), "--batch-size", str(BATCH), *example_args], WORKERS,
-               servers, kvstore=kvstore, timeout=JOB_TIMEOUT, out=out)
+               servers, kvstore=kvstore, timeout=JOB_TIMEOUT, grace=30, out=out)
     except LaunchError as exc:
         pytest.fail(f"{exc}\n{out.getvalue()}")
     assert_all_gone(out.getvalue())
