@@ -39,15 +39,22 @@ from . import __version__, chapter, plotting
 from .data import (
     NUM_ROWS,
     DataFileError,
-    _check_positive_int,
     airfoil_path,
     get_data_ch10,
     sha1_of,
 )
 from .diagnostics import CHAPTER_EPS, EffectiveLRRecorder
 from .distributed import add_launch_parser
-from .optimizer import _check_number
 from .training import TrainResult, train_ch10, train_concise_ch10
+from .validation import (
+    argument_type,
+    check_number,
+    check_positive_int,
+    parse_float,
+    parse_int,
+    positive_float,
+    positive_int,
+)
 
 PROG = "adagrad-gluon"
 DEFAULT_OUT = "adagrad-gluon-out"
@@ -113,84 +120,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- argument types: each turns a string into a checked value or an ArgumentTypeError ---------
 
-def _argument_type(convert: Callable[[str], object]) -> Callable[[str], object]:
-    """Wrap ``convert`` so that its TypeError/ValueError becomes argparse's one-line error."""
-    @functools.wraps(convert)
-    def parse(text: str):
-        try:
-            return convert(text)
-        except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return parse
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-
-
-@_argument_type
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    return _check_number("value", _float(text), strict=True)
-
-
-@_argument_type
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    return _check_positive_int("value", _int(text))
-
-
-@_argument_type
+@argument_type
 def examples(text: str) -> int:
     """A number of airfoil rows, 1..1503."""
-    n = _check_positive_int("value", _int(text))
+    n = check_positive_int("value", parse_int(text))
     if n > NUM_ROWS:
         raise ValueError(f"value must be at most {NUM_ROWS} (the rows in the data), got {n}")
     return n
 
 
-@_argument_type
+@argument_type
 def seed(text: str) -> int:
     """An integer in 0 .. 2**32 - 1 (numpy's seed range)."""
-    value = _int(text)
+    value = parse_int(text)
     if not 0 <= value < 2**32:
         raise ValueError(f"value must be in 0 .. 2**32 - 1, got {value}")
     return value
 
 
-@_argument_type
+@argument_type
 def leak(text: str) -> float:
     """A number in [0, 1): the leaky accumulator's gamma."""
-    value = _check_number("value", _float(text))
+    value = check_number("value", parse_float(text))
     if value >= 1:
         raise ValueError(f"value must be < 1, got {value!r}")
     return value
 
 
-@_argument_type
+@argument_type
 def learning_rates(text: str) -> list[float]:
     """A comma-separated list of distinct learning rates > 0, e.g. ``0.01,0.1,1``."""
     items = [item.strip() for item in text.split(",")]
     if not all(items):
         raise ValueError(f"expected comma-separated numbers, got {text!r}")
-    rates = [_check_number(f"learning rate {item!r}", _float(item), strict=True)
+    rates = [check_number(f"learning rate {item!r}", parse_float(item), strict=True)
              for item in items]
     if len(set(rates)) != len(rates):
         raise ValueError(f"learning rates must be distinct, got {text!r}")
     return rates
 
 
-@_argument_type
+@argument_type
 def existing_dir(text: str) -> Path:
     """A directory that exists."""
     path = Path(text)
@@ -199,7 +169,7 @@ def existing_dir(text: str) -> Path:
     return path
 
 
-@_argument_type
+@argument_type
 def output_dir(text: str) -> Path:
     """A directory to write into: it may not exist yet, but must not be a file."""
     path = Path(text)

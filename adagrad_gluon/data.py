@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
+from .validation import check_positive_int
+
 FILE_NAME = "airfoil_self_noise.dat"
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat"
 SHA1_CRLF = "76e5be1548fd8222e5074cf0faae75edff8cf93f"  # as the d2l data hub serves it
@@ -144,7 +146,7 @@ class ArrayLoader:
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         self.features = nd.array(features, dtype=np.float32)
         self.labels = nd.array(labels, dtype=np.float32)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.shuffle = shuffle
 
     def __len__(self) -> int:
@@ -177,18 +179,11 @@ def get_data_ch10(batch_size: int = 10, n: int = 1500,
     d2l does), the first ``n`` rows are kept, the first five columns are the features and the
     last (the sound pressure level) the label. ``feature_dim`` is 5.
     """
-    batch_size = _check_positive_int("batch_size", batch_size)
-    n = _check_positive_int("n", n)
+    batch_size = check_positive_int("batch_size", batch_size)
+    n = check_positive_int("n", n)
     if n > NUM_ROWS:
         raise ValueError(f"n must be between 1 and {NUM_ROWS} (the rows in the file), got {n}")
     data = read_airfoil(airfoil_path(data_dir))
     data = (data - data.mean(axis=0)) / data.std(axis=0)
     return load_array((data[:n, :-1], data[:n, -1]), batch_size), data.shape[1] - 1
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)

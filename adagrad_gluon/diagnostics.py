@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import gluon, nd
 
-from .optimizer import AdagradScratch, _check_number
+from .optimizer import AdagradScratch
+from .validation import check_number
 
 CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop
 
@@ -81,8 +82,8 @@ def accumulator_learning_rates(
     :func:`~adagrad_gluon.chapter.rmsprop` the states *are* the accumulators ``s``, so this is
     their effective rate. ``names`` labels the states (the linear model's weight and bias).
     """
-    lr = _check_number("lr", lr)
-    eps = _check_number("eps", eps)
+    lr = check_number("lr", lr)
+    eps = check_number("eps", eps)
     if len(names) != len(states):
         raise ValueError(f"names has {len(names)} entries for {len(states)} states")
     return {
@@ -107,8 +108,8 @@ class EffectiveLRRecorder:
 
     def __init__(self, lr: float | None = None, eps: float = CHAPTER_EPS,
                  names: Sequence[str] = ("weight", "bias")):
-        self.lr = None if lr is None else _check_number("lr", lr)
-        self.eps = _check_number("eps", eps)
+        self.lr = None if lr is None else check_number("lr", lr)
+        self.eps = check_number("eps", eps)
         self.names = tuple(names)
         self.epochs: list[float] = []
         self.rates: list[dict[str, np.ndarray]] = []

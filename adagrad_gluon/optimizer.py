@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from .functional import (
     adagrad_update,
     adagrad_update_row_sparse,
 )
+from .validation import check_choice, check_number
 
 REGISTERED_NAME = "adagrad_scratch"
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
@@ -25,25 +25,6 @@ NONFINITE_POLICIES = ("propagate", "skip", "raise")
 
 class NonFiniteGradientError(ValueError):
     """A gradient held NaN or infinity under ``nonfinite='raise'``."""
-
-
-def _check_number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite real number >= (or >) ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
-    return value
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
 
 
 class AdagradScratch(mx.optimizer.Optimizer):
@@ -144,16 +125,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if learning_rate is None and lr_scheduler is None:
             learning_rate = 0.01
         if learning_rate is not None:
-            learning_rate = _check_number("learning_rate", learning_rate)
+            learning_rate = check_number("learning_rate", learning_rate)
         if lr_scheduler is not None and not callable(lr_scheduler):
             raise TypeError(f"lr_scheduler must be callable, got {lr_scheduler!r}")
-        kwargs["wd"] = _check_number("wd", kwargs.get("wd", 0.0))
-        kwargs["rescale_grad"] = _check_number(
+        kwargs["wd"] = check_number("wd", kwargs.get("wd", 0.0))
+        kwargs["rescale_grad"] = check_number(
             "rescale_grad", kwargs.get("rescale_grad", 1.0), strict=True
         )
         clip = kwargs.get("clip_gradient")
         if clip is not None:
-            kwargs["clip_gradient"] = _check_number("clip_gradient", clip, strict=True)
+            kwargs["clip_gradient"] = check_number("clip_gradient", clip, strict=True)
         begin = kwargs.get("begin_num_update", 0)
         if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
             raise ValueError(f"begin_num_update must be an integer >= 0, got {begin!r}")
@@ -165,22 +146,22 @@ class AdagradScratch(mx.optimizer.Optimizer):
             raise TypeError(f"maximize must be True or False, got {maximize!r}")
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.compat = compat
-        self.eps = _check_number("eps", options["eps"])
+        self.eps = check_number("eps", options["eps"])
         if self.eps and np.float32(self.eps) == 0:
             raise ValueError(f"eps must be 0 or at least float32's smallest number (1.4e-45): "
                              f"{self.eps!r} rounds to 0 in float32 and would give 0/0")
-        self.eps_placement = _check_choice(
+        self.eps_placement = check_choice(
             "eps_placement", options["eps_placement"], EPS_PLACEMENTS
         )
-        self.initial_accumulator_value = _check_number(
+        self.initial_accumulator_value = check_number(
             "initial_accumulator_value", options["initial_accumulator_value"]
         )
-        self.lr_decay = _check_number("lr_decay", lr_decay)
-        self.weight_decay_mode = _check_choice(
+        self.lr_decay = check_number("lr_decay", lr_decay)
+        self.weight_decay_mode = check_choice(
             "weight_decay_mode", options["weight_decay_mode"], WEIGHT_DECAY_MODES
         )
         self.maximize = maximize
-        self.nonfinite = _check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite_skipped: dict = {}  # index -> updates skipped for a non-finite gradient
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
@@ -194,7 +175,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     def set_learning_rate(self, lr: float) -> None:
         """Set the global learning rate (validated as in ``__init__``)."""
-        super().set_learning_rate(_check_number("learning_rate", lr))
+        super().set_learning_rate(check_number("learning_rate", lr))
 
     # -- state -------------------------------------------------------------------------------
 

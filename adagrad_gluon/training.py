@@ -11,6 +11,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, init, nd
 
+from .validation import check_positive_int
+
 RECORD_EVERY = 200  # examples between two evaluations of the full-data loss, as in d2l
 
 
@@ -57,12 +59,6 @@ def _seed(seed: int | None) -> None:
     if seed is not None:
         np.random.seed(seed)  # batch order
         mx.random.seed(seed)  # initial weights
-
-
-def _check_epochs(num_epochs) -> int:
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be an integer >= 1, got {num_epochs!r}")
-    return num_epochs
 
 
 def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net: Callable,
@@ -125,7 +121,7 @@ def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: 
     ``update(1)`` after every batch; ``on_record(epoch_fraction, states)`` is called whenever
     a loss is recorded (e.g. :class:`adagrad_gluon.diagnostics.EffectiveLRRecorder`).
     """
-    num_epochs = _check_epochs(num_epochs)
+    num_epochs = check_positive_int("num_epochs", num_epochs)
     _seed(seed)
     w = nd.random.normal(scale=0.01, shape=(feature_dim, 1))
     b = nd.zeros(1)
@@ -174,7 +170,7 @@ def train_concise_ch10(trainer_name: str | mx.optimizer.Optimizer, hyperparams: 
     ``on_record(epoch_fraction, trainer)`` is called with the ``gluon.Trainer`` whenever a
     loss is recorded.
     """
-    num_epochs = _check_epochs(num_epochs)
+    num_epochs = check_positive_int("num_epochs", num_epochs)
     _seed(seed)
     net = gluon.nn.Dense(1)
     net.initialize(init.Normal(sigma=0.01))

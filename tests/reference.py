@@ -35,3 +35,13 @@ def relative_error(actual, expected) -> float:
     if actual.size == 0:
         return 0.0
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def error_at_scale(actual, expected, scale: float) -> float:
+    """max |actual - expected| / scale. In float32, ``a - b`` is exact only to a relative
+    2**-24 of max(|a|, |b|): a weight that a few steps take from 1 to 0.001 is compared at the
+    scale of the values it passed through, not at its own."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(scale, 1e-30))

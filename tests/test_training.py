@@ -94,7 +94,8 @@ def test_progress_is_told_of_every_batch(chapter_data):
     assert counter.n == 2 * 15
 
 
-@pytest.mark.parametrize("epochs", [0, -1, 1.5])
-def test_bad_epochs(chapter_data, epochs):
-    with pytest.raises(ValueError, match="num_epochs"):
+@pytest.mark.parametrize("epochs, error", [(0, ValueError), (-1, ValueError),
+                                           (1.5, TypeError)])
+def test_bad_epochs(chapter_data, epochs, error):
+    with pytest.raises(error, match="num_epochs"):
         train_concise_ch10("adagrad_scratch", {}, chapter_data[0], num_epochs=epochs)

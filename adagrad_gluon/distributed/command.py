@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 
+from ..validation import positive_float, positive_int
 from .launcher import LaunchError, launch
 
 DESCRIPTION = """\
@@ -24,26 +25,6 @@ The workers get DMLC_ROLE=worker and ADAGRAD_GLUON_KVSTORE=dist_sync (dist_async
 --timeout."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
 def add_launch_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``launch`` subcommand to ``subparsers`` (from ``add_subparsers()``) and return
     its parser; its handler is set as the ``run`` default."""
@@ -54,18 +35,18 @@ def add_launch_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-n", "--num-workers", type=_positive_int, required=True,
+    parser.add_argument("-n", "--num-workers", type=positive_int, required=True,
                         metavar="WORKERS", help="number of worker processes")
-    parser.add_argument("-s", "--num-servers", type=_positive_int, default=1,
+    parser.add_argument("-s", "--num-servers", type=positive_int, default=1,
                         metavar="SERVERS", help="number of server processes (default 1)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sync", dest="kvstore", action="store_const", const="dist_sync",
                       help="synchronous updates, kvstore dist_sync (the default)")
     mode.add_argument("--async", dest="kvstore", action="store_const", const="dist_async",
                       help="asynchronous updates, kvstore dist_async")
-    parser.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                         help="stop everything and fail after this many seconds")
-    parser.add_argument("--grace", type=_positive_float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--grace", type=positive_float, default=5.0, metavar="SECONDS",
                         help="how long processes get to exit once stopped (default 5)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the worker's command line, after --")

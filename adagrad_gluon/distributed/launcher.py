@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..optimizer import _check_number
+from ..validation import check_number, check_positive_int
 from .environment import KVSTORE_TYPES, LOOPBACK, free_port, role_environment
 
 POLL_SECONDS = 0.05
@@ -137,14 +137,6 @@ def _signal_group(process: _Process, signum: int) -> None:
         pass  # the group is empty
 
 
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def launch(command: Sequence[str], num_workers: int = 1, num_servers: int = 1, *,
            kvstore: str = "dist_sync", timeout: float | None = None, grace: float = 5.0,
            out: TextIO | None = None, python: str = sys.executable) -> None:
@@ -164,11 +156,11 @@ def launch(command: Sequence[str], num_workers: int = 1, num_servers: int = 1, *
         raise TypeError(f"command must be a sequence of strings, got {command!r}")
     if not command:
         raise ValueError("command must not be empty: give the worker's command line")
-    num_workers = _check_count("num_workers", num_workers)
-    num_servers = _check_count("num_servers", num_servers)
+    num_workers = check_positive_int("num_workers", num_workers)
+    num_servers = check_positive_int("num_servers", num_servers)
     if timeout is not None:
-        timeout = _check_number("timeout", timeout, strict=True)
-    grace = _check_number("grace", grace)
+        timeout = check_number("timeout", timeout, strict=True)
+    grace = check_number("grace", grace)
     if kvstore not in KVSTORE_TYPES:
         raise ValueError(f"kvstore must be one of {', '.join(KVSTORE_TYPES)}; got {kvstore!r}")
     port = free_port()

@@ -40,6 +40,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon, nd
 
+from ..validation import check_positive_int
 from . import checkpoint, protocol
 from .environment import check_worker_environment, kvstore_type, num_servers
 
@@ -70,7 +71,8 @@ class DistTrainer:
         cannot change between steps either (drop the last, smaller batch): the servers'
         optimizer got its ``rescale_grad`` at :func:`prepare_trainer`.
         """
-        size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        size = (self.batch_size if batch_size is None
+                else check_positive_int("batch_size", batch_size))
         if self.update_on_kvstore and size != self.batch_size:
             raise ValueError(
                 f"batch_size: with update_on_kvstore=True every step must use the batch_size "
@@ -159,14 +161,6 @@ def _read_server_files(directory: Path) -> list[checkpoint.SavedStates]:
 def _step_batch_size(batch_size: int, num_workers: int, sync: bool) -> int:
     """What ``Trainer.step`` must get for a local batch of ``batch_size`` examples."""
     return batch_size * num_workers if sync else batch_size
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return batch_size
 
 
 def check_optimizer_for_servers(optimizer: mx.optimizer.Optimizer) -> list[str]:
@@ -273,7 +267,7 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
     """
     if not isinstance(trainer, gluon.Trainer):
         raise TypeError(f"trainer must be a gluon.Trainer, got {type(trainer).__name__}")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     if trainer._kv_initialized:
         raise ValueError("trainer: call prepare_trainer before the trainer's first step")
     for param in trainer._params:
