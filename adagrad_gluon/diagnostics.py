@@ -21,24 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import gluon, nd
 
-from .optimizer import AdagradScratch
+from .state import trainer_updaters
 from .validation import check_number
 
 CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop
-
-
-def _updater_states(trainer: gluon.Trainer) -> dict:
-    """The ``{index: state}`` dict of the updater that applies ``trainer``'s steps."""
-    kvstore = getattr(trainer, "_kvstore", None)
-    if kvstore is not None and trainer._update_on_kvstore:
-        updater = getattr(kvstore, "_updater", None)
-        if updater is None:
-            raise ValueError(
-                f"trainer updates on a {kvstore.type!r} kvstore that keeps the optimizer "
-                f"states out of this process; create it with update_on_kvstore=False"
-            )
-        return updater.states
-    return trainer._updaters[0].states  # every device holds the same states
 
 
 def effective_learning_rates(trainer: gluon.Trainer) -> dict[str, np.ndarray]:
@@ -52,15 +38,8 @@ def effective_learning_rates(trainer: gluon.Trainer) -> dict[str, np.ndarray]:
     Raises ``TypeError`` unless ``trainer`` is a ``gluon.Trainer`` whose optimizer is
     :class:`~adagrad_gluon.AdagradScratch` (``'adagrad_scratch'``).
     """
-    if not isinstance(trainer, gluon.Trainer):
-        raise TypeError(f"trainer must be a gluon.Trainer, got {type(trainer).__name__}")
-    optimizer = trainer.optimizer
-    if not isinstance(optimizer, AdagradScratch):
-        raise TypeError(
-            f"trainer must use the 'adagrad_scratch' optimizer to expose effective learning "
-            f"rates, got {type(optimizer).__name__}"
-        )
-    states = _updater_states(trainer)
+    optimizer, updaters = trainer_updaters(trainer)
+    states = updaters[0].states  # every device holds the same states
     rates = {}
     for index, param in enumerate(trainer._params):
         if param.grad_req == "null":

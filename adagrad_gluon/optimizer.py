@@ -21,6 +21,8 @@ from .validation import check_choice, check_number
 
 REGISTERED_NAME = "adagrad_scratch"
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
+# a parameter's state: its accumulator, or (float32 master weight, accumulator)
+State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
 
 
 class NonFiniteGradientError(ValueError):
@@ -185,7 +187,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
-    def create_state_multi_precision(self, index, weight: nd.NDArray):
+    def create_state_multi_precision(self, index: int, weight: nd.NDArray) -> State:
         """``(float32 master weight, accumulator)`` for float16 weights with
         ``multi_precision``; otherwise the accumulator alone."""
         if self.multi_precision and weight.dtype == np.float16:
@@ -195,7 +197,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     # -- update ------------------------------------------------------------------------------
 
-    def current_lr(self, index) -> float:
+    def current_lr(self, index: int) -> float:
         """The learning rate of parameter ``index`` for the update counted last: the scheduler's
         (or global) rate times its ``lr_mult``, decayed by ``lr_decay``."""
         return self._decayed(self._get_lr(index),
@@ -206,7 +208,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         before the first update (``t = 0``) the rate of the first."""
         return lr / (1.0 + (max(t, 1) - 1) * self.lr_decay) if self.lr_decay else lr
 
-    def effective_lr(self, index, state) -> nd.NDArray:
+    def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
         ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``).
 
@@ -219,12 +221,14 @@ class AdagradScratch(mx.optimizer.Optimizer):
             return self.current_lr(index) / nd.sqrt(acc + self.eps)
         return self.current_lr(index) / (nd.sqrt(acc) + self.eps)
 
-    def update(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
+    def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
         """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
         self.update_multi_precision(index, weight, grad, state)
 
-    def update_multi_precision(self, index, weight: nd.NDArray | Sequence[nd.NDArray],
-                               grad: nd.NDArray | Sequence[nd.NDArray], state) -> None:
+    def update_multi_precision(self, index: int | Sequence[int],
+                               weight: nd.NDArray | Sequence[nd.NDArray],
+                               grad: nd.NDArray | Sequence[nd.NDArray],
+                               state: State | Sequence[State]) -> None:
         """Update ``weight`` in place; handles float16 weights with or without master copies.
 
         ``index``, ``weight``, ``grad`` and ``state`` may also be equally long lists (as

@@ -42,8 +42,11 @@ def optimizer_options(optimizer: AdagradScratch) -> dict[str, object]:
     return {name: getattr(optimizer, name) for name in OPTION_NAMES}
 
 
-def _adagrad_trainer(trainer: gluon.Trainer) -> tuple[AdagradScratch, list]:
-    """The trainer's optimizer and the updaters that hold its states (initialising them)."""
+def trainer_updaters(trainer: gluon.Trainer) -> tuple[AdagradScratch, list]:
+    """The ``adagrad_scratch`` optimizer of ``trainer`` and the updaters that hold its states:
+    one per device, or the kvstore's when the trainer updates on the kvstore. Initialises the
+    trainer's kvstore and parameters if needed. ``TypeError`` for another optimizer,
+    ``ValueError`` when the states live on parameter servers."""
     if not isinstance(trainer, gluon.Trainer):
         raise TypeError(f"expected a gluon.Trainer, got {type(trainer).__name__}")
     if not isinstance(trainer._optimizer, AdagradScratch):
@@ -72,7 +75,7 @@ def _device_ids(trainer: gluon.Trainer) -> list[int]:
 
 def _collect(trainer: gluon.Trainer):
     """``(optimizer, {index: (master, acc, update count)})`` for every parameter with a state."""
-    optimizer, updaters = _adagrad_trainer(trainer)
+    optimizer, updaters = trainer_updaters(trainer)
     counts = optimizer._all_index_update_counts.get(_device_ids(trainer)[0], {})
     states = {}
     for index, state in sorted(updaters[0].states.items()):
@@ -85,7 +88,7 @@ def _install(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
              master: np.ndarray | None, acc: np.ndarray, count: int) -> None:
     """Give parameter ``index`` this state (on every context) and this update count."""
     param = trainer._params[index]
-    _, updaters = _adagrad_trainer(trainer)
+    _, updaters = trainer_updaters(trainer)
     for updater, ctx in zip(updaters, param.list_ctx(), strict=False):
         acc_nd = nd.array(acc, ctx=ctx, dtype=acc.dtype)
         state = acc_nd if master is None else (nd.array(master, ctx=ctx, dtype=master.dtype),
@@ -201,7 +204,7 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
     numbered them differently (``dense0_weight`` vs ``dense3_weight``).
     """
     path = Path(path)
-    optimizer, _ = _adagrad_trainer(trainer)
+    optimizer, _ = trainer_updaters(trainer)
     meta, arrays = _read(path)
     saved, current = meta.get("options", {}), optimizer_options(optimizer)
     differ = {k: (saved.get(k), current[k]) for k in OPTION_NAMES if saved.get(k) != current[k]}
@@ -315,7 +318,7 @@ def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None)
     (``eps``, ``lr_decay``, ``weight_decay``, ``initial_accumulator_value``) than the
     trainer's optimizer has.
     """
-    optimizer, _ = _adagrad_trainer(trainer)
+    optimizer, _ = trainer_updaters(trainer)
     order = _torch_order(trainer, params)
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         raise ValueError("expected a torch.optim.Adagrad state_dict: a dict whose 'state' is a "
