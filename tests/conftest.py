@@ -1,9 +1,15 @@
-"""Test setup: the shared airfoil copy, a headless matplotlib, a private cache directory."""
+"""Test setup: the shared airfoil copy, a headless matplotlib, Hypothesis's profile."""
 
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis: each developer run searches new examples (and replays the failures it saved);
+# CI (CI=true) runs a fixed, reproducible selection, so that a landing never hangs on luck.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -99,9 +99,12 @@ def _run_against_reference(opts, w0, grads, dtype, multi_precision, kernel):
             assert (rate[both] <= previous_rate[both]).all(), "an effective rate increased"
         previous_rate = rate
         scale = max(scale, _largest(w_ref))
+        # float16 weights without a master copy are rounded to float16 every step (both here
+        # and in the reference, but from float32 and float64 values that may round apart by
+        # one float16 ulp); with weight_decay_mode 'l2' that rounding reaches the accumulator
         tolerance = 1e-5 if dtype == np.float32 or master is not None else 2e-3
         assert error_at_scale(weights, w_ref, scale) <= tolerance, f"step {t}"
-        assert relative_error(now_acc, s_ref) <= 1e-5, f"step {t} accumulator"
+        assert relative_error(now_acc, s_ref) <= tolerance, f"step {t} accumulator"
 
 
 @PROPERTY_SETTINGS
@@ -120,6 +123,11 @@ def test_dense_float32_agrees_with_the_reference(shape, opts, magnitude, seed, k
 @PROPERTY_SETTINGS
 @given(shape=shapes, opts=options, magnitude=st.sampled_from([0.0, 1e-3, 1.0, 1e3]),
        seed=st.integers(0, 2**16), multi_precision=st.booleans(), kernel=kernels)
+@example(shape=(2,), opts={"learning_rate": 1.0, "wd": 0.05, "rescale_grad": 0.1,
+                           "clip_gradient": None, "eps": 1e-10, "eps_placement": "outside",
+                           "weight_decay_mode": "l2", "initial_accumulator_value": 0.0,
+                           "lr_decay": 0.0, "maximize": False},
+         magnitude=0.0, seed=0, multi_precision=False, kernel="reference")
 def test_dense_float16_agrees_with_the_reference(shape, opts, magnitude, seed, multi_precision,
                                                  kernel):
     w0, grads = _steps(shape, magnitude, seed)
