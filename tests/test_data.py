@@ -147,10 +147,13 @@ def test_no_file_and_no_network_says_how_to_provide_it(no_data_env, monkeypatch)
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"", "shape"),
-    (b"1\t2\t3\r\n", "shape"),
-    (b"1\t2\t3\t4\t5\tx\r\n", "does not parse"),
+    (b"", "holds no rows of 6 numbers"),
+    (b"\r\n\r\n", "holds no rows of 6 numbers"),
+    (b"1\t2\t3\r\n", "line 1: 3 tab-separated columns, expected 6"),
+    (b"1\t2\t3\t4\t5\t6\r\n1\t2\t3\t4\t5\tx\r\n", "line 2 does not parse"),
     (b"1\t2\t3\t4\t5\tnan\r\n", "non-finite"),
+    (b"1\t2\t3\t4\t5\t1e39\r\n", "beyond float32"),
+    (b"1\t2\t3\t4\t5\t\xff\r\n", "not ASCII"),
 ])
 def test_read_airfoil_rejects_malformed_files(tmp_path, content, match):
     path = tmp_path / "bad.dat"
