@@ -49,6 +49,7 @@ from mxnet import nd
 
 from .data import CACHE_DIR_ENV
 from .functional import EPS_PLACEMENTS, WEIGHT_DECAY_MODES
+from .validation import check_choice
 
 KERNEL_ENV = "ADAGRAD_GLUON_KERNEL"
 CXX_ENV = "ADAGRAD_GLUON_CXX"
@@ -95,9 +96,7 @@ _library = _Library()
 
 def check_kernel(kernel, name: str = "kernel") -> str:
     """Return ``kernel`` if it is one of ``'auto'``, ``'fused'``, ``'reference'``."""
-    if kernel not in KERNELS:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, KERNELS))}; got {kernel!r}")
-    return kernel
+    return check_choice(name, kernel, KERNELS)
 
 
 def resolve_kernel(kernel: str = "auto") -> str:
@@ -332,12 +331,8 @@ def _attrs(eps: float = 1e-6, rescale_grad: float = 1.0, clip_gradient: float | 
            maximize: bool = False, multi_precision: bool = False) -> dict[str, str]:
     """The shared options as operator attributes, floats as exact decimal strings. Options at
     their default are left out: every attribute costs the operator call ~1 us."""
-    if eps_placement not in EPS_PLACEMENTS:
-        raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
-    if weight_decay_mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(
-            f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}"
-        )
+    check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+    check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
     attrs = dict(eps=repr(float(eps)), rescale_grad=repr(float(rescale_grad)),
                  eps_placement=eps_placement, weight_decay_mode=weight_decay_mode,
                  maximize="1" if maximize else "0", multi_precision="1" if multi_precision else "0")
