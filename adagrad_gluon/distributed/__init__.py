@@ -20,6 +20,7 @@ from .worker import (
     DistTrainer,
     check_optimizer_for_servers,
     create_kvstore,
+    drain_at_exit,
     exit_on_uncaught_exception,
     prepare_trainer,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "add_launch_parser",
     "check_optimizer_for_servers",
     "create_kvstore",
+    "drain_at_exit",
     "exit_on_uncaught_exception",
     "kvstore_type",
     "launch",

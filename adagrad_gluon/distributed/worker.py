@@ -17,6 +17,12 @@ What it fixes, in MXNet 1.9.1 (measured):
   class lives in the training script (``__main__``), is refused here with a ``TypeError``; a
   server that still cannot unpickle it (a module missing on its host) exits with a message
   (:mod:`adagrad_gluon.distributed.server`).
+* **A worker that returns.** At interpreter exit, MXNet's ``atexit`` handler puts its engine in
+  shutdown, which *skips* the operations still queued: a worker whose script returns right
+  after its last ``step`` drops its last gradient pushes, and in ``dist_sync`` the other
+  workers wait for them forever (in ``dist_async`` the servers silently miss them). Workers
+  here wait for their queued operations at exit, before MXNet's handler
+  (:func:`drain_at_exit`); the kvstore's own destructor then passes MXNet's exit barrier.
 * **A worker that raises.** An uncaught exception does not end a worker: on the way out,
   MXNet's kvstore waits in a barrier for the other workers, which wait for its gradients, and
   the job hangs. Workers here print the traceback and exit with status 1 at once
@@ -31,6 +37,7 @@ This module relies on ``gluon.Trainer`` internals of MXNet 1.9.1 (``_kvstore_par
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import sys
@@ -208,16 +215,34 @@ def exit_on_uncaught_exception() -> None:
     sys.excepthook = print_and_exit
 
 
+def drain_at_exit() -> None:
+    """From now on, this process waits for every queued MXNet operation (``nd.waitall()``)
+    when it exits normally, before MXNet's own ``atexit`` handler stops its engine, which
+    would drop them: a worker's last kvstore pushes then reach the servers. Idempotent.
+
+    No barrier is added: the kvstore's destructor, which runs after, passes MXNet's exit
+    barrier, and a second one would deadlock with a worker that did not register it."""
+    global _DRAINS_AT_EXIT
+    if not _DRAINS_AT_EXIT:
+        atexit.register(nd.waitall)  # atexit runs last-in first-out: before mxnet's handler
+        _DRAINS_AT_EXIT = True
+
+
+_DRAINS_AT_EXIT = False
+
+
 def create_kvstore(name: str | None = None) -> mx.kvstore.KVStore:
     """Connect this worker to the job: ``mx.kv.create(name)``, ``name`` defaulting to
     :func:`~adagrad_gluon.distributed.environment.kvstore_type` (the launcher's ``--sync`` or
     ``--async``). ``RuntimeError`` if the process was not started as a worker; from here on an
-    uncaught exception ends the worker (:func:`exit_on_uncaught_exception`)."""
+    uncaught exception ends the worker (:func:`exit_on_uncaught_exception`) and a normal exit
+    first sends what is queued (:func:`drain_at_exit`)."""
     name = kvstore_type() if name is None else name
     if not isinstance(name, str) or "dist" not in name:
         raise ValueError(f"name must name a dist kvstore, e.g. 'dist_sync', got {name!r}")
     check_worker_environment()
     exit_on_uncaught_exception()
+    drain_at_exit()
     return mx.kv.create(name)
 
 
@@ -250,6 +275,7 @@ def _connect(trainer: gluon.Trainer) -> mx.kvstore.KVStore:
         kvstore = create_kvstore(kvstore)
         trainer._kvstore_params["kvstore"] = kvstore
     exit_on_uncaught_exception()
+    drain_at_exit()
     return kvstore
 
 
@@ -263,7 +289,9 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
     global batch (see the module docstring) and the optimizer sent to the servers if they
     update, worker 0's weights are pushed to the servers and pulled by every worker, and all
     workers wait for each other. An uncaught exception ends the worker from then on
-    (:func:`exit_on_uncaught_exception`). Returns the :class:`DistTrainer` to step with.
+    (:func:`exit_on_uncaught_exception`), and a worker that returns waits for its last steps
+    to reach the servers (:func:`drain_at_exit`). Returns the :class:`DistTrainer` to step
+    with.
     """
     if not isinstance(trainer, gluon.Trainer):
         raise TypeError(f"trainer must be a gluon.Trainer, got {type(trainer).__name__}")
