@@ -128,6 +128,85 @@ def test_dist_async_runs_and_converges(tmp_path, single):
         assert float(result["loss"]) < float(single["loss"]) + 0.01
 
 
+# -- the README's command, as a user copies it -----------------------------------------------------
+
+README_JOB_TIMEOUT = 180  # seconds: only a safety net; the command has no --timeout of its own
+
+
+def readme_launch_line() -> str:
+    """The ``adagrad-gluon launch`` line of the README's "Distributed training" section."""
+    section = (ROOT / "README.md").read_text().split("## Distributed training", 1)[1]
+    block = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)[0]
+    lines = [line for line in block.splitlines() if line.startswith("adagrad-gluon launch ")]
+    assert len(lines) == 1, block
+    return lines[0]
+
+
+def job_processes(output: str) -> dict[int, int]:
+    """``{pid: process group}`` of every live (not zombie) process in the process groups
+    that the launcher started, descendants included."""
+    groups = set(started_pids(output).values())
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            state, pgid = fields[0], int(fields[2])
+            if pgid in groups and state != "Z":
+                found[int(stat.parent.name)] = pgid
+    return found
+
+
+def kill_leftovers(output: str) -> None:
+    """SIGKILL what a failed test left of a job: the launcher's process groups that still
+    have live members (a group's id is not reused while it has members)."""
+    for pgid in set(job_processes(output).values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def run_shell_job(command_line: str) -> str:
+    """Run ``command_line`` in a shell at the repository's root, with this interpreter's
+    ``python`` and ``adagrad-gluon`` first on ``PATH``; return its output, asserting it
+    succeeded within :data:`README_JOB_TIMEOUT` and left no process behind."""
+    env = dict(os.environ, PATH=f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}")
+    job = subprocess.Popen(command_line, shell=True, cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        output, _ = job.communicate(timeout=README_JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        output, _ = job.communicate()
+        kill_leftovers(output)
+        pytest.fail(f"{command_line!r} still running after {README_JOB_TIMEOUT} s:\n{output}")
+    assert job.returncode == 0, output
+    assert_all_gone(output)
+    return output
+
+
+def test_readme_launch_command_finishes_as_written(single):
+    # A worker that returned used to drop its last gradient pushes at interpreter exit, and the
+    # other waited for them forever (7 hangs in 7 runs).
+    line = readme_launch_line()
+    assert line.endswith(f"--epochs {EPOCHS}")  # as the single-process run it is compared to
+    output = run_shell_job(line)
+    losses = re.findall(r"^\[worker \d\] epoch (\d+), loss (\S+)$", output, re.M)
+    assert [int(epoch) for epoch, _ in losses] == list(range(1, EPOCHS + 1)), output
+    assert float(losses[-1][1]) == pytest.approx(float(single["loss"]), abs=2e-6)
+
+
+@pytest.mark.parametrize("launch_options, worker_options", [
+    ("", "--no-update-on-kvstore --epochs 3"),
+    ("--async", "--epochs 3"),
+], ids=["sync_on_workers", "async"])
+def test_readme_launch_command_finishes_in_every_mode(launch_options, worker_options):
+    line = readme_launch_line().replace("adagrad-gluon launch", f"adagrad-gluon launch "
+                                        f"{launch_options}", 1)
+    output = run_shell_job(f"{line} {worker_options}")
+    epochs = re.findall(r"^\[worker \d\] epoch (\d+), loss \S+$", output, re.M)
+    assert epochs == ["1", "2", "3"], output
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("on_kvstore", [True, False], ids=["update_on_kvstore", "on_workers"])
@@ -212,19 +291,26 @@ def test_states_file_errors_name_the_file(tmp_path):
 
 # -- failures ------------------------------------------------------------------------------------
 
-def test_killed_worker_stops_the_job_and_leaves_no_process(tmp_path):
+def start_long_job(cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``adagrad-gluon launch`` on an endless run of the example; return the launcher
+    and the lines it printed, once a worker has printed its first epoch."""
     command = [PYTHON, "-m", "adagrad_gluon", "launch", "-n", "2", "-s", "1",
                "--timeout", str(JOB_TIMEOUT), "--", PYTHON, str(EXAMPLE), "--epochs", "100000"]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           cwd=tmp_path)
+                           cwd=cwd)
     seen = []
+    for line in job.stdout:  # the launcher's --timeout bounds this loop
+        seen.append(line)
+        if re.match(r"\[worker \d\] epoch 1, loss", line):
+            return job, seen
+    job.wait()
+    kill_leftovers("".join(seen))
+    pytest.fail("the job ended before its first epoch:\n" + "".join(seen))
+
+
+def test_killed_worker_stops_the_job_and_leaves_no_process(tmp_path):
+    job, seen = start_long_job(tmp_path)
     try:
-        for line in job.stdout:  # the launcher's --timeout bounds this loop
-            seen.append(line)
-            if re.match(r"\[worker \d\] epoch 1, loss", line):
-                break
-        else:
-            pytest.fail("the job ended before its first epoch:\n" + "".join(seen))
         killed_at = time.perf_counter()
         os.kill(started_pids("".join(seen))["worker 1"], signal.SIGKILL)
         rest, _ = job.communicate(timeout=30)
@@ -237,6 +323,37 @@ def test_killed_worker_stops_the_job_and_leaves_no_process(tmp_path):
     output = "".join(seen) + rest
     assert job.returncode == 1, output
     assert "error: worker 1 was killed by SIGKILL" in output
+    assert_all_gone(output)
+
+
+def test_killed_launcher_takes_every_process_of_the_job_with_it(tmp_path):
+    job, seen = start_long_job(tmp_path)
+    output = "".join(seen)
+    try:
+        job.kill()
+        job.communicate(timeout=30)
+        deadline = time.monotonic() + 10  # the kernel signals them at once; reaping may lag
+        while job_processes(output) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not job_processes(output), output
+    finally:
+        kill_leftovers(output)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_hangup_or_terminate_stops_the_job_and_exits_128_plus_signal(tmp_path, signum):
+    job, seen = start_long_job(tmp_path)
+    try:
+        job.send_signal(signum)
+        rest, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+        kill_leftovers("".join(seen))
+    output = "".join(seen) + rest
+    assert job.returncode == 128 + signum, output
+    assert f"interrupted by {signum.name}; every process was stopped" in output
     assert_all_gone(output)
 
 

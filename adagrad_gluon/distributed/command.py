@@ -22,7 +22,10 @@ EPILOG = """\
 The workers get DMLC_ROLE=worker and ADAGRAD_GLUON_KVSTORE=dist_sync (dist_async with
 --async); adagrad_gluon.distributed.create_kvstore() connects with that kvstore. Exit status:
 0 when every process succeeded, 1 when one failed (the message names it and why), 124 on
---timeout."""
+--timeout, 128+N after signal N (SIGINT, SIGHUP, SIGTERM stop every process first). If the
+launcher is killed, the processes it started get SIGKILL."""
+
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)  # handled like Ctrl-C (SIGINT)
 
 
 def add_launch_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,20 +66,31 @@ def run_launch(args: argparse.Namespace) -> int:
         print("adagrad-gluon launch: error: give the worker's command after --, e.g. "
               "-- python train.py", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
         launch(command, args.num_workers, args.num_servers, kvstore=args.kvstore,
                timeout=args.timeout, grace=args.grace)
     except LaunchError as exc:
         print(f"adagrad-gluon launch: error: {exc}", file=sys.stderr)
         return exc.returncode
-    except KeyboardInterrupt:
-        print("adagrad-gluon launch: interrupted; every process was stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"adagrad-gluon launch: interrupted by {signal.Signals(signum).name}; every "
+              f"process was stopped", file=sys.stderr)
+        return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 
-def _exit_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds through launch(), which stops every process
+class _Signalled(KeyboardInterrupt):
+    """Raised by :func:`_interrupt` for ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise _Signalled(signum)  # unwinds through launch(), which stops every process

@@ -9,11 +9,17 @@ succeeds when every worker exits with status 0 and the servers and scheduler fol
 process to fail or to outlive the workers, or the overall ``timeout``, stops
 every process group (SIGTERM, then SIGKILL after ``grace`` seconds) and raises
 :class:`LaunchError` naming the process and the cause.
+
+Every process it starts gets SIGKILL from the kernel if the launcher dies, however it dies
+(SIGKILL included): Linux's parent-death signal, set between ``fork`` and ``exec``
+(:func:`_die_with_parent`), so that it holds for any worker command. It reaches the processes
+the launcher started, not processes that they start in turn.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import signal
 import subprocess
@@ -30,6 +36,8 @@ from .environment import KVSTORE_TYPES, LOOPBACK, free_port, role_environment
 POLL_SECONDS = 0.05
 TIMEOUT_STATUS = 124  # the exit status of a timed-out job, as coreutils' timeout uses
 _TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 class LaunchError(RuntimeError):
@@ -90,6 +98,7 @@ class _Job:
             popen = subprocess.Popen(
                 list(args), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         except OSError as exc:
             raise LaunchError(f"cannot start {name} ({' '.join(args)}): {exc}", name) from exc
@@ -128,6 +137,22 @@ class _Job:
                 process.popen.wait()
                 if process.reader is not None:
                     process.reader.join(timeout=1.0)
+
+
+def _die_with_parent(parent: int):
+    """The ``preexec_fn`` that makes a child get SIGKILL when ``parent`` (this process) dies,
+    or ``None`` where Linux's ``prctl`` is missing. The kernel sends the signal when the
+    *thread* that forked exits: :func:`launch` forks from its caller's thread, which waits in
+    :func:`launch` until every child is gone."""
+    if _LIBC is None:
+        return None
+
+    def preexec() -> None:  # runs in the child between fork and exec: no imports, no locks
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _signal_group(process: _Process, signum: int) -> None:
