@@ -195,13 +195,12 @@ def test_readme_launch_command_finishes_as_written(single):
     assert float(losses[-1][1]) == pytest.approx(float(single["loss"]), abs=2e-6)
 
 
-@pytest.mark.parametrize("launch_options, worker_options", [
-    ("", "--no-update-on-kvstore --epochs 3"),
-    ("--async", "--epochs 3"),
+@pytest.mark.parametrize("launcher, worker_options", [
+    ("adagrad-gluon launch", "--no-update-on-kvstore --epochs 3"),
+    ("adagrad-gluon launch --async", "--epochs 3"),
 ], ids=["sync_on_workers", "async"])
-def test_readme_launch_command_finishes_in_every_mode(launch_options, worker_options):
-    line = readme_launch_line().replace("adagrad-gluon launch", f"adagrad-gluon launch "
-                                        f"{launch_options}", 1)
+def test_readme_launch_command_finishes_in_every_mode(launcher, worker_options):
+    line = readme_launch_line().replace("adagrad-gluon launch", launcher, 1)
     output = run_shell_job(f"{line} {worker_options}")
     epochs = re.findall(r"^\[worker \d\] epoch (\d+), loss \S+$", output, re.M)
     assert epochs == ["1", "2", "3"], output
