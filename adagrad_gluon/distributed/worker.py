@@ -19,10 +19,10 @@ What it fixes, in MXNet 1.9.1 (measured):
   (:mod:`adagrad_gluon.distributed.server`).
 * **A worker that returns.** At interpreter exit, MXNet's ``atexit`` handler puts its engine in
   shutdown, which *skips* the operations still queued: a worker whose script returns right
-  after its last ``step`` drops its last gradient pushes, and in ``dist_sync`` the other
-  workers wait for them forever (in ``dist_async`` the servers silently miss them). Workers
-  here wait for their queued operations at exit, before MXNet's handler
-  (:func:`drain_at_exit`); the kvstore's own destructor then passes MXNet's exit barrier.
+  after its last ``step`` can drop its last gradient pushes, and in ``dist_sync`` the other
+  workers then wait for them forever. Workers here wait for their queued operations at exit,
+  before MXNet's handler (:func:`drain_at_exit`); the kvstore's own destructor then passes
+  MXNet's exit barrier.
 * **A worker that raises.** An uncaught exception does not end a worker: on the way out,
   MXNet's kvstore waits in a barrier for the other workers, which wait for its gradients, and
   the job hangs. Workers here print the traceback and exit with status 1 at once
@@ -215,6 +215,9 @@ def exit_on_uncaught_exception() -> None:
     sys.excepthook = print_and_exit
 
 
+_DRAINS_AT_EXIT = False
+
+
 def drain_at_exit() -> None:
     """From now on, this process waits for every queued MXNet operation (``nd.waitall()``)
     when it exits normally, before MXNet's own ``atexit`` handler stops its engine, which
@@ -226,9 +229,6 @@ def drain_at_exit() -> None:
     if not _DRAINS_AT_EXIT:
         atexit.register(nd.waitall)  # atexit runs last-in first-out: before mxnet's handler
         _DRAINS_AT_EXIT = True
-
-
-_DRAINS_AT_EXIT = False
 
 
 def create_kvstore(name: str | None = None) -> mx.kvstore.KVStore:
