@@ -34,6 +34,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 import numpy.lib.format as npformat
@@ -348,7 +349,7 @@ class NpzReader:
             raise self._unreadable(f"{name} has a .npy header longer than {NPY_HEADER_BYTES}")
         try:
             shape, fortran_order, dtype = parse(io.BytesIO(prefix + stream.read(length)))
-        except (ValueError, TypeError, SyntaxError, RecursionError) as exc:
+        except (ValueError, TypeError, SyntaxError, RecursionError, TokenError) as exc:
             raise self._unreadable(f"{name} has an invalid .npy header: {exc}") from exc
         return shape, fortran_order, dtype, size
 
