@@ -2,13 +2,15 @@
 
 Two formats:
 
-* :func:`save_states` / :func:`load_states`: a safe ``.npz`` file (no pickle; loaded with
-  ``allow_pickle=False``) with an explicit schema: ``meta`` (JSON: format name, version, the
-  optimizer's options, update counts, parameter names, shapes and dtypes) and one array per
-  accumulator (``acc/<index>``) and float32 master weight (``master/<index>``). Loading checks
-  all of it against the trainer and refuses a mismatch with a ``ValueError`` that names it:
-  resuming under other numerics (another ``eps`` placement, preset, ...) is never silent.
-  Writes are atomic: a temporary file renamed over the target.
+* :func:`save_states` / :func:`load_states`: a safe ``.npz`` file (no pickle) with an
+  explicit schema: ``meta`` (JSON: format name, version, the optimizer's options, update
+  counts, parameter names, shapes and dtypes) and one array per accumulator (``acc/<index>``)
+  and float32 master weight (``master/<index>``), for every parameter the trainer updates.
+  Loading checks all of it against the trainer and refuses a mismatch with a ``ValueError``
+  that names it: resuming under other numerics (another ``eps`` placement, preset, ...) is
+  never silent. It reads through :class:`NpzReader`, which checks names, sizes and ``.npy``
+  headers against the trainer before it decompresses anything, so that no file can exhaust
+  memory or hang the reader. Writes are atomic: a temporary file renamed over the target.
 * :func:`to_torch_state_dict` / :func:`load_torch_state_dict`: PyTorch's
   ``torch.optim.Adagrad`` ``state_dict`` layout (``state[i] = {'step', 'sum'}`` and one param
   group), to move a half-trained model between frameworks.
@@ -712,4 +714,4 @@ def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None)
 
 
 __all__ = ["save_states", "load_states", "to_torch_state_dict", "load_torch_state_dict",
-           "optimizer_options"]
+           "optimizer_options", "StateFileError"]
