@@ -6,21 +6,30 @@ Used on both sides of a job: a server writes the states it holds with
 A file holds, next to the arrays, a format name and :data:`VERSION`, the optimizer's class and
 its options (its public scalar attributes, e.g. ``lr``, ``eps``, ``rescale_grad``), the scalar
 attributes of its ``lr_scheduler``, and the update counters, so that a resumed run continues
-bit for bit. Files are written atomically (a temporary file, then ``os.replace``) and read with
-``allow_pickle=False``. Keys must be integers, as ``gluon.Trainer`` uses.
+bit for bit. Files are written atomically (a temporary file, then ``os.replace``) and read
+with the bounded reader of :mod:`adagrad_gluon.state` (never unpickling anything).
+Keys must be integers, as ``gluon.Trainer`` uses.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from mxnet import nd
 
-from ..state import atomic_write, check_state_array
+from ..state import (
+    Member,
+    NpzReader,
+    StateFileError,
+    atomic_write,
+    check_state_array,
+    parse_json,
+)
 
 FORMAT = "adagrad_gluon.optimizer_states"
 VERSION = 1
@@ -133,43 +142,82 @@ def write_states(path: str | os.PathLike, updater, *, token: str = "") -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+# what a states file may hold: strings, integer scalars, integer vectors, float state arrays
+_STRINGS = ("format", "optimizer", "options", "scheduler", "token")
+_INTEGERS = ("version", "num_update")
+_VECTORS = ("keys", "count_keys", "count_values", "layouts")
+_STATE_ARRAY = re.compile(r"state_\d+_\d+")
+# write_states stores the arrays uncompressed, so a file expands to about its own size; a
+# reader does not know the shapes in advance, so this bounds what a (deflated) file may claim
+MAX_EXPANSION = 8
+
+
+def _member(name: str) -> Member | None:
+    if name in _STRINGS:
+        return Member("U", shape=())
+    if name in _INTEGERS:
+        return Member("iu", shape=())
+    if name in _VECTORS:
+        return Member("iu")
+    return Member("f") if _STATE_ARRAY.fullmatch(name) else None
+
+
 def read_states(path: str | os.PathLike) -> SavedStates:
-    """Read a file from :func:`write_states`; :class:`CheckpointError` if it is not one."""
+    """Read a file from :func:`write_states`; :class:`CheckpointError` if it is not one.
+
+    The file is read within limits (see :class:`adagrad_gluon.state.NpzReader`): a FIFO, a
+    corrupt or truncated archive, or one whose arrays would expand to more than
+    :data:`MAX_EXPANSION` times its size is refused before any of it is decompressed."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"optimizer states file {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != FORMAT:
-                raise CheckpointError(f"{path} is not an adagrad_gluon optimizer states file")
-            if int(z["version"]) != VERSION:
-                raise CheckpointError(
-                    f"{path} has format version {int(z['version'])}; this adagrad_gluon reads "
-                    f"version {VERSION}"
-                )
-            keys = [int(k) for k in z["keys"]]
-            states: dict[int, State] = {}
-            for key, layout in zip(keys, (int(n) for n in z["layouts"]), strict=True):
-                count = max(layout, 1)  # AdagradScratch: (accumulator) or (master, accumulator)
-                parts = tuple(check_state_array(f"{path}: state {key}.{i}",
-                                                z[f"state_{key}_{i}"], accumulator=i == count - 1)
-                              for i in range(count))
-                states[key] = None if layout < 0 else parts[0] if layout == 0 else parts
-            return SavedStates(
-                path=path,
-                optimizer=str(z["optimizer"]),
-                options=json.loads(str(z["options"])),
-                scheduler=json.loads(str(z["scheduler"])),
-                num_update=int(z["num_update"]),
-                counts=dict(zip((int(k) for k in z["count_keys"]),
-                                (int(v) for v in z["count_values"]), strict=True)),
-                states=states,
-                token=str(z["token"]),
-            )
+        with NpzReader(path, _member, what="optimizer states file",
+                       max_expansion=MAX_EXPANSION) as npz:
+            return _parse(path, npz)
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # zip, npy and json errors
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"optimizer states file {path} does not exist") from exc
+    except StateFileError as exc:
+        raise CheckpointError(str(exc)) from exc
+    except (OSError, ValueError, TypeError) as exc:  # wrong or missing fields
         raise CheckpointError(f"{path} is not a readable optimizer states file: {exc}") from exc
+
+
+def _parse(path: Path, npz: NpzReader) -> SavedStates:
+    if "format" not in npz.names or str(npz.read("format")) != FORMAT:
+        raise CheckpointError(f"{path} is not an adagrad_gluon optimizer states file")
+    if int(npz.read("version")) != VERSION:
+        raise CheckpointError(f"{path} has format version {int(npz.read('version'))}; this "
+                              f"adagrad_gluon reads version {VERSION}")
+    unexpected = sorted(name for name in npz.names if _member(name) is None)
+    if unexpected:
+        raise CheckpointError(f"{path} holds unexpected arrays {unexpected}")
+    keys = [int(k) for k in npz.read("keys")]
+    states: dict[int, State] = {}
+    for key, layout in zip(keys, (int(n) for n in npz.read("layouts")), strict=True):
+        count = max(layout, 1)  # AdagradScratch: (accumulator) or (master, accumulator)
+        parts = tuple(check_state_array(f"{path}: state {key}.{i}", npz.read(f"state_{key}_{i}"),
+                                        accumulator=i == count - 1)
+                      for i in range(count))
+        states[key] = None if layout < 0 else parts[0] if layout == 0 else parts
+    options = parse_json(f"{path}: options", str(npz.read("options")))
+    scheduler = parse_json(f"{path}: scheduler", str(npz.read("scheduler")))
+    if not isinstance(options, dict) or not (scheduler is None or (
+            isinstance(scheduler, dict) and isinstance(scheduler.get("class"), str)
+            and isinstance(scheduler.get("attributes"), dict))):
+        raise CheckpointError(f"{path}: options must be a JSON object and scheduler null or "
+                              f"an object with a class and attributes")
+    return SavedStates(
+        path=path,
+        optimizer=str(npz.read("optimizer")),
+        options=options,
+        scheduler=scheduler,
+        num_update=int(npz.read("num_update")),
+        counts=dict(zip((int(k) for k in npz.read("count_keys")),
+                        (int(v) for v in npz.read("count_values")), strict=True)),
+        states=states,
+        token=str(npz.read("token")),
+    )
 
 
 def check_compatible(saved: SavedStates, optimizer, *, check_options: bool = True) -> None:
