@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
@@ -244,10 +245,10 @@ def _ready_library(cxx: str) -> Iterator[Path]:
     build lock (so that no build replaces it before the caller has loaded it).
 
     Why this is safe to load: the key directory and the kernels directory above it must be
-    owned by this user and writable by nobody else, and every directory above them ours or
-    root's and not writable by others (unless sticky, like ``/tmp``); so between the check
-    and ``dlopen`` only this user (or root) can change which bytes the path names, and this
-    user's processes only replace them under the lock. The check reads the file through a
+    this user's (or root's) and writable by nobody else, and so must every directory above
+    them (unless sticky, like ``/tmp``); so between the check and ``dlopen`` only this user
+    (or root) can change which bytes the path names, and this user's processes only replace
+    them under the lock. The check reads the file through a
     descriptor opened without following symbolic links and checks that same file's owner
     and mode. A cache that fails the privacy check is refused, never repaired: a library
     planted there is not opened, so its constructors never run.
@@ -271,11 +272,12 @@ def _ready_library(cxx: str) -> Iterator[Path]:
 
 def _untrusted(info: os.stat_result, *, ancestor: bool = False) -> str | None:
     """Why another user could change a file or directory with this status, or ``None``. It
-    must be this user's and writable by nobody else; an ancestor directory may also be
-    root's, and writable by others if sticky (there only an entry's owner may rename it)."""
+    must be this user's (or root's, who can change anything anyway) and writable by nobody
+    else; an ancestor directory may be writable by others if sticky (like ``/tmp``: there
+    only an entry's owner may rename it)."""
     uid = os.geteuid()
-    if info.st_uid not in ((uid, 0) if ancestor else (uid,)):
-        return f"it is owned by uid {info.st_uid}, not by this user (uid {uid})"
+    if info.st_uid not in (uid, 0):
+        return f"it is owned by uid {info.st_uid}, neither this user (uid {uid}) nor root"
     sticky = ancestor and info.st_mode & stat.S_ISVTX
     if info.st_mode & 0o022 and not sticky:
         return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
@@ -307,10 +309,17 @@ def _private_directory(directory: Path) -> Path:
 
 @contextlib.contextmanager
 def _build_lock(directory: Path) -> Iterator[None]:
-    """Hold the exclusive build lock of a key directory (released when the file closes)."""
-    fd = os.open(directory / "build.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "r+b") as lock:
+    """Hold the exclusive build lock of a key directory (released when the file closes). In a
+    cache this user may read but not write (say, built in advance by root), the lock file
+    is opened for reading: enough to check and load a library, not to build one."""
+    path, flags = directory / "build.lock", os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = os.open(path, os.O_RDONLY | flags)
+    with open(fd, "rb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

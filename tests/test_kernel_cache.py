@@ -7,6 +7,7 @@ Every test uses a private ``ADAGRAD_GLUON_CACHE_DIR``. There is one real compile
 place, and load libraries only in subprocesses, where a crash cannot take pytest down.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -196,6 +197,25 @@ def test_a_compiler_that_writes_nothing_is_a_failed_build(tmp_path, cache):
     assert "WARNING: adagrad_gluon: the fused Adagrad kernels are unavailable" in done.stdout
     assert done.stdout.count("wrote no library") == 2  # in the warning and in the error
     assert list(cache.rglob("*.so")) == []
+
+
+def test_a_cache_this_user_cannot_write_still_serves_its_verified_library(copier, cache,
+                                                                           monkeypatch):
+    """Say root built the cache in advance: reading and checking the library needs no write
+    access, only a rebuild does (and then fails with a clear error)."""
+    library = kernels.build(str(copier))
+    open_for_real = os.open
+
+    def read_only_cache(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and cache in Path(path).parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open_for_real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_cache)
+    assert kernels.build(str(copier)) == library
+    os.truncate(library, 100)
+    with pytest.raises(kernels.KernelUnavailableError, match="Could not build.*Permission denied"):
+        kernels.build(str(copier))
 
 
 # -- a cache another user could write to is refused ----------------------------------------
