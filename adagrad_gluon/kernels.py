@@ -248,10 +248,10 @@ def _ready_library(cxx: str) -> Iterator[Path]:
     this user's (or root's) and writable by nobody else, and so must every directory above
     them (unless sticky, like ``/tmp``); so between the check and ``dlopen`` only this user
     (or root) can change which bytes the path names, and this user's processes only replace
-    them under the lock. The check reads the file through a
-    descriptor opened without following symbolic links and checks that same file's owner
-    and mode. A cache that fails the privacy check is refused, never repaired: a library
-    planted there is not opened, so its constructors never run.
+    them under the lock. The digest is taken of the bytes read through a descriptor opened
+    without following symbolic links, whose owner and mode are checked on that descriptor.
+    A cache that fails the privacy check is refused, never repaired: a library planted there
+    is not opened, so its constructors never run.
     """
     with contextlib.ExitStack() as stack:
         directory = None
