@@ -6,9 +6,13 @@ inside MXNet's engine. The C++ source, ``csrc/adagrad_ops.cc``, is compiled on t
 machine the first time an optimizer asks for it (never at import, never shipped as a binary)
 with ``g++ -std=c++17 -O3 -march=native -fno-math-errno -ffp-contract=off -fopenmp``, into
 ``$ADAGRAD_GLUON_CACHE_DIR/kernels`` (else the user cache directory), under a key that hashes
-the source, the flags, the compiler, the CPU and the MXNet version. A file lock keeps
-concurrent processes from building it twice; the library appears atomically (built under a
-temporary name, then renamed) and is loaded with ``mx.library.load`` at most once per process.
+contents only (the source, the flags, the compiler's version, the CPU and the MXNet version,
+never a path), so every clone and environment on a machine shares one build; a build says so
+on stderr. A file lock keeps concurrent processes from building it twice; the library is
+flushed to disk under a temporary name, renamed into place and its SHA-256 recorded beside it.
+Before loading, the library's bytes must match that record (else it is rebuilt) and the cache
+must be private to the user (else it is refused); it is loaded with ``mx.library.load`` at
+most once per process.
 
 Which update runs:
 
@@ -19,27 +23,34 @@ Which update runs:
   :class:`KernelFallbackWarning` per process. An explicit argument beats the variable.
 
 The compiler is ``$ADAGRAD_GLUON_CXX``, else ``$CXX``, else ``g++``. The kernels run on
-``num_threads()`` OpenMP threads: ``$ADAGRAD_GLUON_NUM_THREADS``, else ``$OMP_NUM_THREADS``,
-else every CPU the process may use. (MXNet's own operators get half the cores on x86 unless
-``MXNET_OMP_MAX_THREADS`` or ``OMP_NUM_THREADS`` says otherwise; one update on this
-memory-bound loop is fastest with all of them.)
+``num_threads()`` OpenMP threads: ``$ADAGRAD_GLUON_NUM_THREADS``, else ``$OMP_NUM_THREADS``
+(ignored with a warning if invalid, as OpenMP ignores it), else every CPU the process may use.
+(MXNet's own operators get half the cores on x86 unless ``MXNET_OMP_MAX_THREADS`` or
+``OMP_NUM_THREADS`` says otherwise; one update on this memory-bound loop is fastest with all
+of them.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -181,15 +192,21 @@ def _build_command(cxx: str, output: Path) -> list[str]:
 
 def library_path(cxx: str | None = None) -> Path:
     """Where the library built by ``cxx`` (default :func:`compiler`) for this source, CPU and
-    MXNet lives in :func:`cache_dir` (it may not exist yet)."""
+    MXNet lives in :func:`cache_dir` (it may not exist yet).
+
+    The key is made of contents only, never of paths, so that every clone, virtual
+    environment and install location shares one build: the bytes of the source and of
+    MXNet's ``lib_api`` files, the flags (and any arguments in the compiler command), the
+    compiler's ``--version`` output, the CPU and the MXNet version.
+    """
     cxx = cxx or compiler()
-    version = _compiler_version(cxx)
     mxnet_dir = _mxnet_dir()
+    parts = [SOURCE.read_bytes(), (mxnet_dir / "src" / "lib_api.cc").read_bytes(),
+             (mxnet_dir / "include" / "mxnet" / "lib_api.h").read_bytes(),
+             "\0".join(CXXFLAGS).encode(), "\0".join(shlex.split(cxx)[1:]).encode(),
+             _compiler_version(cxx).encode(), mx.__version__.encode(), _cpu_signature().encode()]
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), (mxnet_dir / "src" / "lib_api.cc").read_bytes(),
-                 (mxnet_dir / "include" / "mxnet" / "lib_api.h").read_bytes(),
-                 " ".join(_build_command(cxx, Path("out"))).encode(), version.encode(),
-                 mx.__version__.encode(), _cpu_signature().encode()):
+    for part in parts:
         digest.update(hashlib.sha256(part).digest())
     return cache_dir() / digest.hexdigest()[:20] / LIBRARY_NAME
 
@@ -210,29 +227,168 @@ def _compiler_version(cxx: str) -> str:
 
 
 def build(cxx: str | None = None) -> Path:
-    """Build the library into :func:`cache_dir` unless it is there already; return its path.
+    """Build the library into :func:`cache_dir` unless a verified build is there already;
+    return its path.
 
     Concurrent callers (threads or processes) wait on a file lock and build it once. Raises
-    :class:`KernelUnavailableError` with the compiler's output if the build fails.
+    :class:`KernelUnavailableError` with the compiler's output if the build fails, and naming
+    the path and the reason if the cache is not private to this user.
     """
-    cxx = cxx or compiler()
-    target = library_path(cxx)
-    if target.is_file():
-        return target
+    with _ready_library(cxx or compiler()) as path:
+        return path
+
+
+@contextlib.contextmanager
+def _ready_library(cxx: str) -> Iterator[Path]:
+    """Yield the path of a library whose bytes are the ones recorded when it was built,
+    building it first if it is missing or fails that check, while holding the key directory's
+    build lock (so that no build replaces it before the caller has loaded it).
+
+    Why this is safe to load: the key directory and the kernels directory above it must be
+    this user's (or root's) and writable by nobody else, and so must every directory above
+    them (unless sticky, like ``/tmp``); so between the check and ``dlopen`` only this user
+    (or root) can change which bytes the path names, and this user's processes only replace
+    them under the lock. The digest is taken of the bytes read through a descriptor opened
+    without following symbolic links, whose owner and mode are checked on that descriptor.
+    A cache that fails the privacy check is refused, never repaired: a library planted there
+    is not opened, so its constructors never run.
+    """
+    with contextlib.ExitStack() as stack:
+        directory = None
+        try:
+            directory = _private_directory(library_path(cxx).parent)
+            stack.enter_context(_build_lock(directory))
+            _remove_temporaries(directory)
+            target = directory / LIBRARY_NAME
+            problem = _check_library(target)
+            if problem is not None:
+                _announced_compile(cxx, target, problem)
+        except OSError as exc:
+            raise KernelUnavailableError(
+                f"Could not build the kernels in {directory or cache_dir()}: {exc}."
+            ) from exc
+        yield target
+
+
+def _untrusted(info: os.stat_result, *, ancestor: bool = False) -> str | None:
+    """Why another user could change a file or directory with this status, or ``None``. It
+    must be this user's (or root's, who can change anything anyway) and writable by nobody
+    else; an ancestor directory may be writable by others if sticky (like ``/tmp``: there
+    only an entry's owner may rename it)."""
+    uid = os.geteuid()
+    if info.st_uid not in (uid, 0):
+        return f"it is owned by uid {info.st_uid}, neither this user (uid {uid}) nor root"
+    sticky = ancestor and info.st_mode & stat.S_ISVTX
+    if info.st_mode & 0o022 and not sticky:
+        return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _refuse(path: Path | str, problem: str) -> KernelUnavailableError:
+    return KernelUnavailableError(
+        f"Refusing the kernel cache: {path} is not private to this user ({problem}), so "
+        f"another user could plant a library there. Make it private (e.g. chmod go-w), or set "
+        f"{CACHE_DIR_ENV} to a directory of your own."
+    )
+
+
+def _private_directory(directory: Path) -> Path:
+    """Create the key ``directory`` and the kernels directory above it (mode 0o700) if needed;
+    return its real path if no other user can change what it holds (see
+    :func:`_ready_library`), else raise :class:`KernelUnavailableError` naming the culprit."""
+    directory.parent.parent.mkdir(parents=True, exist_ok=True)
+    for level in (directory.parent, directory):
+        level.mkdir(mode=0o700, exist_ok=True)
+    real = directory.resolve()
+    for depth, path in enumerate((real, *real.parents)):
+        problem = _untrusted(os.stat(path), ancestor=depth >= 2)
+        if problem is not None:
+            raise _refuse(path, problem)
+    return real
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """Hold the exclusive build lock of a key directory (released when the file closes). In a
+    cache this user may read but not write (say, built in advance by root), the lock file
+    is opened for reading: enough to check and load a library, not to build one."""
+    path, flags = directory / "build.lock", os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.parent / "build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            if not target.is_file():
-                _compile(cxx, target)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
     except OSError as exc:
-        raise KernelUnavailableError(f"Could not build the kernels in {target.parent}: {exc}.") \
-            from exc
-    return target
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = os.open(path, os.O_RDONLY | flags)
+    with open(fd, "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """Delete what killed builds left (only call with the build lock held: then no build is
+    running, and every temporary file is stale)."""
+    for pattern in ("tmp*.so", "tmp*.json"):
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _read_own_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of this user's that nobody else may
+    write, checked on the very descriptor that is read (symbolic links are not followed)."""
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as file:
+        info = os.fstat(file.fileno())
+        problem = _untrusted(info) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+        if problem is not None:
+            raise _refuse(path, problem)
+        return file.read()
+
+
+def _record_path(library: Path) -> Path:
+    """The digest record written beside ``library`` after it was built."""
+    return library.with_name(library.name + ".json")
+
+
+def _record(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+_NOT_BUILT = "it is not built yet"
+
+
+def _check_library(library: Path) -> str | None:
+    """Why ``library`` must be (re)built, or ``None`` if its bytes are the ones recorded when
+    it was built (a truncated or replaced file, or one without a record, is rebuilt)."""
+    try:
+        data = _read_own_file(library)
+    except FileNotFoundError:
+        return _NOT_BUILT
+    try:
+        recorded = json.loads(_read_own_file(_record_path(library)))
+    except FileNotFoundError:
+        return "no digest was recorded when it was built"
+    except ValueError:
+        return "its digest record is unreadable"
+    if recorded != _record(data):
+        return "it does not match the digest recorded when it was built"
+    return None
+
+
+def _announced_compile(cxx: str, target: Path, problem: str) -> None:
+    """:func:`_compile`, saying so on stderr (a first use stalls for the build otherwise)."""
+    if problem != _NOT_BUILT:
+        print(f"adagrad_gluon: rebuilding {target}: {problem}.", file=sys.stderr)
+    print("adagrad_gluon: compiling the fused Adagrad kernels (once per machine; this can take "
+          "a minute)...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    _compile(cxx, target)
+    print(f"adagrad_gluon: compiled the fused Adagrad kernels, done in "
+          f"{time.monotonic() - start:.1f} s.", file=sys.stderr, flush=True)
 
 
 def _compile(cxx: str, target: Path) -> None:
-    fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    """Build into a temporary file beside ``target``, then, if the compiler wrote a library,
+    flush it to disk, rename it to ``target`` and record its digest beside it."""
+    fd, temporary = tempfile.mkstemp(prefix="tmp", suffix=".so", dir=target.parent)
     os.close(fd)
     command = _build_command(cxx, Path(temporary))
     try:
@@ -244,17 +400,55 @@ def _compile(cxx: str, target: Path) -> None:
                 f"Building the kernels failed ({shlex.join(command)} exited with "
                 f"{done.returncode}): " + "\n".join(output[-20:])
             )
-        os.chmod(temporary, 0o755)  # mkstemp made it private; a library is for everyone
+        data = _synced_output(temporary)
+        if not data:
+            raise KernelUnavailableError(
+                f"Building the kernels failed: {shlex.join(command)} exited with 0 but wrote "
+                f"no library (its output {temporary} is empty or missing)."
+            )
         os.replace(temporary, target)
+        _write_atomically(_record_path(target), json.dumps(_record(data)).encode())
     except subprocess.SubprocessError as exc:
         raise KernelUnavailableError(f"Building the kernels failed: {exc}.") from exc
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _synced_output(path: str) -> bytes:
+    """The compiler's output, made private (whatever the umask) and flushed to disk; empty if
+    there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    with open(fd, "rb") as file:
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+        return file.read()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once: to a temporary file, flushed, then renamed;
+    then flush the directory so both renames survive a crash."""
+    fd, temporary = tempfile.mkstemp(prefix="tmp", suffix=".json", dir=path.parent)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(fd)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load() -> Path:
-    """Build (if needed) and load the library into MXNet, once per process; return its path.
+    """Build (if needed), verify and load the library into MXNet, once per process; return
+    its path.
 
     Later calls return the same path without loading again (MXNet refuses an operator library
     registered a third time); a failure is remembered and raised again as
@@ -267,15 +461,15 @@ def load() -> Path:
             raise _library.error
         threads = _default_num_threads()  # a bad variable is an error before anything is built
         try:
-            path = build()
-            try:
-                mx.library.load(str(path), verbose=False)
-            except mx.base.MXNetError as exc:
-                raise KernelUnavailableError(f"MXNet could not load {path}: {exc}") from exc
+            with _ready_library(compiler()) as path:
+                try:
+                    mx.library.load(str(path), verbose=False)
+                except mx.base.MXNetError as exc:
+                    raise KernelUnavailableError(f"MXNet could not load {path}: {exc}") from exc
+                _library.handle = ctypes.CDLL(str(path))  # the same handle MXNet opened
         except KernelUnavailableError as exc:
             _library.error = exc
             raise
-        _library.handle = ctypes.CDLL(str(path))  # the same handle MXNet opened
         _library.ops = {name: getattr(nd, name) for name in _OPS}
         _library.path = path
         _set_threads(threads)
@@ -290,13 +484,30 @@ def _op(name: str):
 
 # -- threads --------------------------------------------------------------------------------
 
+def _count_from(variable: str) -> int | None:
+    """The thread count in the environment ``variable`` (its first entry, as OpenMP reads a
+    list), or ``None`` if unset; ValueError if it is not an integer >= 1."""
+    text = os.environ.get(variable, "").split(",")[0].strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{variable} must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _default_num_threads() -> int:
-    for variable in (NUM_THREADS_ENV, "OMP_NUM_THREADS"):
-        text = os.environ.get(variable, "").split(",")[0].strip()
-        if text:
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{variable} must be an integer >= 1, got {text!r}")
-            return int(text)
+    """``$ADAGRAD_GLUON_NUM_THREADS`` (ValueError if invalid: it is this package's own
+    setting), else ``$OMP_NUM_THREADS`` (ignored with a RuntimeWarning if invalid, as OpenMP
+    itself ignores it), else every CPU the process may use."""
+    count = _count_from(NUM_THREADS_ENV)
+    if count is None:
+        try:
+            count = _count_from("OMP_NUM_THREADS")
+        except ValueError as exc:
+            warnings.warn(f"adagrad_gluon: {exc}; ignoring it, as OpenMP does, so the fused "
+                          f"kernels use every CPU.", RuntimeWarning, stacklevel=2)
+    if count is not None:
+        return count
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
