@@ -73,7 +73,7 @@ def adagrad_update(
 
 
 def prepared_gradient(
-    weight: nd.NDArray,
+    weight: nd.NDArray | None,
     grad: nd.NDArray,
     *,
     wd: float = 0.0,
@@ -83,8 +83,8 @@ def prepared_gradient(
     maximize: bool = False,
 ) -> nd.NDArray:
     """The gradient the step accumulates (a new array): rescaled, clipped, negated under
-    ``maximize``, plus ``wd * weight`` under ``weight_decay_mode='l2'``; the first lines of
-    :func:`adagrad_update`, with the same rounding."""
+    ``maximize``, plus ``wd * weight`` under ``weight_decay_mode='l2'`` (``weight`` may be
+    None otherwise); the first lines of :func:`adagrad_update`, with the same rounding."""
     g = grad * rescale_grad
     if clip_gradient is not None:
         g = nd.clip(g, -clip_gradient, clip_gradient)

@@ -145,12 +145,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if lr_scheduler is not None and not callable(lr_scheduler):
             raise TypeError(f"lr_scheduler must be callable, got {lr_scheduler!r}")
         kwargs["wd"] = check_number("wd", kwargs.get("wd", 0.0))
-        kwargs["rescale_grad"] = check_number(
-            "rescale_grad", kwargs.get("rescale_grad", 1.0), strict=True
-        )
+        kwargs["rescale_grad"] = _check_normal("rescale_grad", kwargs.get("rescale_grad", 1.0))
         clip = kwargs.get("clip_gradient")
         if clip is not None:
-            kwargs["clip_gradient"] = check_number("clip_gradient", clip, strict=True)
+            kwargs["clip_gradient"] = _check_normal("clip_gradient", clip)
         begin = kwargs.get("begin_num_update", 0)
         if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
             raise ValueError(f"begin_num_update must be an integer >= 0, got {begin!r}")
@@ -315,13 +313,13 @@ class AdagradScratch(mx.optimizer.Optimizer):
         prepares it, in the accumulator's dtype) is finite everywhere, else NaN. ``acc`` None
         stands for an accumulator of zeros (the gradient's own square is checked)."""
         dtype = accumulator_dtype(weight.dtype)
-        rows = grad.indices if row_sparse else None
-        grad = grad.data if row_sparse else grad
-        if weight.dtype != dtype and master is None:
-            weight = weight.astype(dtype)
-        work = master if master is not None else weight
-        if rows is not None:
-            work, acc = nd.take(work, rows), (None if acc is None else nd.take(acc, rows))
+        work = None  # the weight in the accumulator's dtype: needed for 'l2' decay only
+        if self.weight_decay_mode == "l2" and wd:
+            work = master if master is not None else weight.astype(dtype, copy=False)
+        if row_sparse:
+            rows, grad = grad.indices, grad.data
+            work = None if work is None else nd.take(work, rows)
+            acc = None if acc is None else nd.take(acc, rows)
         grad = grad.astype(dtype, copy=False)  # never overflows: dtype is as wide as grad's
         g = prepared_gradient(work, grad, wd=wd, rescale_grad=self.rescale_grad,
                               clip_gradient=self.clip_gradient,
@@ -443,6 +441,17 @@ def _flush_subnormal(value: float) -> float:
     """``value``, or 0 if it is below float64's smallest normal number (2.2e-308): MXNet
     refuses such numbers as operator arguments, and a step scaled by one is below 2.2e-308."""
     return 0.0 if abs(value) < sys.float_info.min else value
+
+
+def _check_normal(name: str, value) -> float:
+    """``value`` as a float if it is a finite number of at least float64's smallest normal
+    number: MXNet refuses smaller ones as operator arguments, and unlike a rate such a factor
+    cannot act as 0 (it scales the gradient, which may be as large as 1e308)."""
+    value = check_number(name, value, strict=True)
+    if value < sys.float_info.min:
+        raise ValueError(f"{name} must be at least 2.2250738585072014e-308 (float64's smallest "
+                         f"normal number; MXNet refuses smaller ones), got {value!r}")
+    return value
 
 
 def _check_dense_weight(name: str, weight) -> None:

@@ -115,12 +115,40 @@ def _one_update(policy, kernel, grad, acc_value=0.0, **options):
     ([1e20, 1.0], 0.0, {}),  # (1e20)^2 = 1e40 overflows float32
     ([1e10, 1.0], 0.0, {"rescale_grad": 1e10}),  # the same after rescaling
     ([1e19, 1.0], 3e38, {}),  # 1e38 fits, but not on top of the accumulator
+    ([1.0, 1.0], 0.0, {"wd": 1e20, "weight_decay_mode": "l2"}),  # (1 + 1e20 * w)^2
 ])
 def test_skip_an_update_that_would_overflow_the_accumulator(kernel, grad, acc_value, options):
     opt, w, state = _one_update("skip", kernel, grad, acc_value, **options)
     np.testing.assert_array_equal(w.asnumpy(), 1.0)
     np.testing.assert_array_equal(state.asnumpy(), np.float32(acc_value))
     assert opt.nonfinite_skipped == {0: 1} and 0 not in opt._index_update_count
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_skip_an_overflowing_row_sparse_row(kernel):
+    opt = AdagradScratch(learning_rate=0.1, nonfinite="skip", kernel=kernel)
+    w = nd.ones((5, 2))
+    state = opt.create_state(0, w)
+    grad = nd.sparse.row_sparse_array((nd.array([[1.0, 1e20]]), nd.array([3], dtype="int64")),
+                                      shape=(5, 2))
+    opt.update(0, w, grad, state)
+    np.testing.assert_array_equal(w.asnumpy(), 1.0)
+    np.testing.assert_array_equal(state.asnumpy(), 0.0)
+    assert opt.nonfinite_skipped == {0: 1}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_skip_an_overflow_of_a_float16_weights_float32_accumulator(kernel):
+    """float16 gradients cannot overflow float32 by themselves, but rescaled they can."""
+    opt = AdagradScratch(learning_rate=0.1, nonfinite="skip", kernel=kernel,
+                         multi_precision=True, rescale_grad=1e18)
+    w = nd.ones((2,), dtype="float16")
+    master, acc = opt.create_state_multi_precision(0, w)
+    opt.update_multi_precision(0, w, nd.array([100.0, 1.0], dtype="float16"), (master, acc))
+    np.testing.assert_array_equal(w.asnumpy(), 1.0)
+    np.testing.assert_array_equal(master.asnumpy(), 1.0)
+    np.testing.assert_array_equal(acc.asnumpy(), 0.0)
+    assert opt.nonfinite_skipped == {0: 1}
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -209,3 +237,12 @@ def test_sparse_weight_is_a_type_error_naming_the_parameter(stype):
         opt.create_state(0, w)
     with pytest.raises(TypeError, match=rf"'emb_weight'.*{stype} weight"):
         opt.update(0, w, nd.ones((3, 2)), nd.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("name", ["rescale_grad", "clip_gradient"])
+def test_gradient_factors_below_the_smallest_normal_number_are_refused(name):
+    """A factor on the gradient cannot act as 0 like a rate (the gradient may be 1e300), and
+    MXNet refuses it as an operator argument: refused when the optimizer is made."""
+    with pytest.raises(ValueError, match=rf"{name} must be at least 2.2250738585072014e-308"):
+        AdagradScratch(**{name: 1e-310})
+    assert getattr(AdagradScratch(**{name: 1e-300}), name) == 1e-300
