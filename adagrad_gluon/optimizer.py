@@ -28,7 +28,8 @@ State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
 
 
 class NonFiniteGradientError(ValueError):
-    """A gradient held NaN or infinity under ``nonfinite='raise'``."""
+    """Under ``nonfinite='raise'``: a gradient held NaN or infinity, or its square would
+    make the accumulator overflow."""
 
 
 class AdagradScratch(mx.optimizer.Optimizer):
@@ -176,7 +177,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         )
         self.maximize = maximize
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
-        self.nonfinite_skipped: dict = {}  # index -> updates skipped for a non-finite gradient
+        self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked, and what was found

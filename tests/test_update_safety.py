@@ -19,41 +19,48 @@ DTYPES = ["float32", "float16", "float64"]
 
 # -- nonfinite='raise' updates nothing of the step ------------------------------------------
 
-def _mixed_dtype_trainer(policy, kernel):
+def _mixed_dtype_trainer(policy, kernel, contexts=None):
     """A Trainer over three parameters, float32, float16 and float64, in that order (the
-    Trainer hands them over in one update call per dtype, the float64 one last)."""
+    Trainer hands them over in one update call per dtype and context, the float64 one
+    last), updated where the gradients are (no kvstore)."""
     params = gluon.ParameterDict("mixed_")
     for k, dtype in enumerate(DTYPES):
         param = params.get(f"p{k}_{dtype}", shape=(3,), dtype=dtype)
-        param.initialize(mx.init.Constant(0.5))
+        param.initialize(mx.init.Constant(0.5), ctx=list(contexts or [mx.cpu()]))
     trainer = gluon.Trainer(params, "adagrad_scratch",
-                            {"learning_rate": 0.1, "nonfinite": policy, "kernel": kernel})
+                            {"learning_rate": 0.1, "nonfinite": policy, "kernel": kernel},
+                            kvstore=None)
     return list(params.values()), trainer
 
 
 def _mixed_step(params, trainer, bad_value=None):
-    """One step on the loss sum(p) of every parameter; the last one's gradient gets
-    ``bad_value`` in one element if given."""
+    """One step on the loss sum(p) of every parameter on every context; the last one's
+    gradient on the last context gets ``bad_value`` in one element if given."""
+    contexts = params[0].list_ctx()
     with autograd.record():
-        loss = sum(p.data().astype("float32").sum() for p in params)
-    loss.backward()
+        losses = [sum(p.data(ctx).astype("float32").sum() for p in params) for ctx in contexts]
+    autograd.backward(losses)
     if bad_value is not None:
-        params[-1].grad()[1] = bad_value
+        params[-1].grad(contexts[-1])[1] = bad_value
     trainer.step(1)
 
 
 def _snapshot(params, trainer):
-    opt, states = trainer._optimizer, trainer._updaters[0].states
-    return ([p.data().asnumpy().copy() for p in params],
-            {i: states[i].asnumpy().copy() for i in states},
+    """Every weight, accumulator and update count (of every context)."""
+    opt = trainer._optimizer
+    return ([w.asnumpy().copy() for p in params for w in p.list_data()],
+            {(k, i): s.asnumpy().copy() for k, updater in enumerate(trainer._updaters)
+             for i, s in updater.states.items()},
             dict(opt._index_update_count), opt.num_update)
 
 
 # 1e200 is finite in float64, but its square overflows the float64 accumulator
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 1e200])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_raise_with_mixed_dtypes_updates_nothing_of_the_step(kernel, bad):
-    params, trainer = _mixed_dtype_trainer("raise", kernel)
+@pytest.mark.parametrize("contexts", [(mx.cpu(),), (mx.cpu(0), mx.cpu(1))],
+                         ids=["one_context", "two_contexts"])
+def test_raise_with_mixed_dtypes_updates_nothing_of_the_step(contexts, kernel, bad):
+    params, trainer = _mixed_dtype_trainer("raise", kernel, contexts)
     _mixed_step(params, trainer)  # accumulators and counts are not at their start
     weights, accs, counts, num_update = _snapshot(params, trainer)
     with pytest.raises(NonFiniteGradientError, match=r"'mixed_p2_float64'.*nothing was updated"):
@@ -61,13 +68,13 @@ def test_raise_with_mixed_dtypes_updates_nothing_of_the_step(kernel, bad):
     after = _snapshot(params, trainer)
     for w, w_before in zip(after[0], weights, strict=True):
         np.testing.assert_array_equal(w, w_before)
-    assert after[1].keys() == accs.keys()
-    for i, acc in accs.items():
-        np.testing.assert_array_equal(after[1][i], acc)
+    assert after[1].keys() == accs.keys() and len(accs) == 3 * len(contexts)
+    for key, acc in accs.items():
+        np.testing.assert_array_equal(after[1][key], acc)
     assert after[2:] == (counts, num_update)
     _mixed_step(params, trainer)  # a good step afterwards updates every parameter
-    assert all(not np.array_equal(p.data().asnumpy(), w)
-               for p, w in zip(params, weights, strict=True))
+    assert all(not np.array_equal(w, w_before)
+               for w, w_before in zip(_snapshot(params, trainer)[0], weights, strict=True))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -78,7 +85,7 @@ def test_skip_with_mixed_dtypes_skips_only_the_bad_parameter(kernel):
     _mixed_step(params, trainer, bad_value=math.nan)
     after = _snapshot(params, trainer)
     np.testing.assert_array_equal(after[0][2], weights[2])
-    np.testing.assert_array_equal(after[1][2], accs[2])
+    np.testing.assert_array_equal(after[1][0, 2], accs[0, 2])
     assert not np.array_equal(after[0][0], weights[0])
     assert not np.array_equal(after[0][1], weights[1])
     assert after[2] == {0: counts[0] + 1, 1: counts[1] + 1, 2: counts[2]}
