@@ -97,8 +97,11 @@ class AdagradScratch(mx.optimizer.Optimizer):
         whatever the kernel and however many dtypes (the Trainer hands each dtype over in a
         call of its own; the first call checks every gradient of ``param_dict``, grad_req
         other than ``'null'``, so with ``ignore_stale_grad=True`` a stale non-finite gradient
-        raises too); without ``param_dict`` (user code calling ``update``), nothing in that
-        call. Both cost one host sync per update call (one call per dtype under the Trainer).
+        raises too); without ``param_dict`` (user code calling ``update``, or an unpickled
+        copy, as on a parameter server), nothing in that call. With ``update_on_kvstore``
+        MXNet's kvstore calls the optimizer from a callback that swallows exceptions:
+        nothing is updated, but ``Trainer.step`` returns without raising. Both policies cost one
+        host sync per update call (one call per dtype under the Trainer).
         Not checked: a weight pushed past the float range by ``lr`` or ``wd`` themselves
         (the step changes ``w`` by at most ``lr * (1 + wd * |w|)``).
     kernel : {'auto', 'fused', 'reference'}, default 'auto'
@@ -440,7 +443,8 @@ def accumulator_dtype(weight_dtype) -> type:
 
 def _flush_subnormal(value: float) -> float:
     """``value``, or 0 if it is below float64's smallest normal number (2.2e-308): MXNet
-    refuses such numbers as operator arguments, and a step scaled by one is below 2.2e-308."""
+    refuses such numbers as operator arguments (see ``learning_rate`` in the class
+    docstring for what flushing a rate to 0 changes)."""
     return 0.0 if abs(value) < sys.float_info.min else value
 
 
