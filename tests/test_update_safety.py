@@ -19,17 +19,17 @@ DTYPES = ["float32", "float16", "float64"]
 
 # -- nonfinite='raise' updates nothing of the step ------------------------------------------
 
-def _mixed_dtype_trainer(policy, kernel, contexts=None):
+def _mixed_dtype_trainer(policy, kernel, contexts=None, kvstore=None):
     """A Trainer over three parameters, float32, float16 and float64, in that order (the
     Trainer hands them over in one update call per dtype and context, the float64 one
-    last), updated where the gradients are (no kvstore)."""
+    last), by default updated where the gradients are (no kvstore)."""
     params = gluon.ParameterDict("mixed_")
     for k, dtype in enumerate(DTYPES):
         param = params.get(f"p{k}_{dtype}", shape=(3,), dtype=dtype)
         param.initialize(mx.init.Constant(0.5), ctx=list(contexts or [mx.cpu()]))
     trainer = gluon.Trainer(params, "adagrad_scratch",
                             {"learning_rate": 0.1, "nonfinite": policy, "kernel": kernel},
-                            kvstore=None)
+                            kvstore=kvstore)
     return list(params.values()), trainer
 
 
@@ -75,6 +75,23 @@ def test_raise_with_mixed_dtypes_updates_nothing_of_the_step(contexts, kernel, b
     _mixed_step(params, trainer)  # a good step afterwards updates every parameter
     assert all(not np.array_equal(w, w_before)
                for w, w_before in zip(_snapshot(params, trainer)[0], weights, strict=True))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_raise_on_the_kvstore_updates_no_parameter(kernel):
+    """With update_on_kvstore (two devices and a 'device' kvstore) MXNet calls the optimizer
+    once per parameter from a callback that swallows the exception (as the docstring says):
+    every call sees the bad gradient among the Trainer's, so no parameter is updated."""
+    params, trainer = _mixed_dtype_trainer("raise", kernel, (mx.cpu(0), mx.cpu(1)), "device")
+    _mixed_step(params, trainer)
+    assert trainer._update_on_kvstore
+    weights = _snapshot(params, trainer)[0]
+    try:
+        _mixed_step(params, trainer, bad_value=math.nan)
+    except NonFiniteGradientError:
+        pass  # should MXNet ever pass it on
+    for w, w_before in zip(_snapshot(params, trainer)[0], weights, strict=True):
+        np.testing.assert_array_equal(w, w_before)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
