@@ -50,13 +50,9 @@ def adagrad_update(
     The operations and their order follow MXNet 1.9.1's ``AdaGrad.update`` for the default
     options, so with equal ``eps`` the results are bit-identical to the built-in.
     """
-    g = grad * rescale_grad
-    if clip_gradient is not None:
-        g = nd.clip(g, -clip_gradient, clip_gradient)
-    if maximize:
-        g = -g
-    if weight_decay_mode == "l2" and wd:
-        g = g + weight * wd
+    g = prepared_gradient(weight, grad, wd=wd, rescale_grad=rescale_grad,
+                          clip_gradient=clip_gradient, weight_decay_mode=weight_decay_mode,
+                          maximize=maximize)
     state += nd.square(g)  # in place (``state[:] +=`` is the same op, plus a self-copy)
     if eps_placement == "inside":
         denom = nd.sqrt(state + eps)
@@ -74,6 +70,29 @@ def adagrad_update(
         weight -= div * lr
     else:
         weight += div * -lr
+
+
+def prepared_gradient(
+    weight: nd.NDArray | None,
+    grad: nd.NDArray,
+    *,
+    wd: float = 0.0,
+    rescale_grad: float = 1.0,
+    clip_gradient: float | None = None,
+    weight_decay_mode: str = "step",
+    maximize: bool = False,
+) -> nd.NDArray:
+    """The gradient the step accumulates (a new array): rescaled, clipped, negated under
+    ``maximize``, plus ``wd * weight`` under ``weight_decay_mode='l2'`` (``weight`` may be
+    None otherwise); the first lines of :func:`adagrad_update`, with the same rounding."""
+    g = grad * rescale_grad
+    if clip_gradient is not None:
+        g = nd.clip(g, -clip_gradient, clip_gradient)
+    if maximize:
+        g = -g
+    if weight_decay_mode == "l2" and wd:
+        g = g + weight * wd
+    return g
 
 
 def adagrad_update_row_sparse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Sequence
 
 import mxnet as mx
@@ -16,6 +17,7 @@ from .functional import (
     WEIGHT_DECAY_MODES,
     adagrad_update,
     adagrad_update_row_sparse,
+    prepared_gradient,
 )
 from .validation import check_choice, check_number
 
@@ -26,7 +28,8 @@ State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
 
 
 class NonFiniteGradientError(ValueError):
-    """A gradient held NaN or infinity under ``nonfinite='raise'``."""
+    """Under ``nonfinite='raise'``: a gradient held NaN or infinity, or its square would
+    make the accumulator overflow."""
 
 
 class AdagradScratch(mx.optimizer.Optimizer):
@@ -60,7 +63,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
     Parameters
     ----------
     learning_rate : float, default 0.01
-        The global step size ``lr``; finite and >= 0.
+        The global step size ``lr``; finite and >= 0. A rate (after ``lr_mult``, a scheduler,
+        ``lr_decay``) or weight decay below float64's smallest normal number, 2.2e-308, acts
+        as 0: MXNet refuses such numbers as operator arguments, and the step they scale,
+        ``lr * (d + wd * w)`` with ``|d| <= 1``, is below 2.2e-308 * (1 + wd * |w|).
     eps : float, default 1e-6 (from ``compat``)
         Added to the accumulator (or its root, see ``eps_placement``); finite and >= 0.
     eps_placement : {'inside', 'outside'}, default 'inside' (from ``compat``)
@@ -80,12 +86,24 @@ class AdagradScratch(mx.optimizer.Optimizer):
         :mod:`adagrad_gluon.compat`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
     nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
-        What a gradient with NaN or infinity does. ``'propagate'``: the update runs and the
-        NaN reaches the weight and accumulator, as with MXNet's built-in (and PyTorch's)
-        Adagrad, at no extra cost. ``'skip'``: that parameter's update is skipped (weight,
-        accumulator and update count untouched) and counted in :attr:`nonfinite_skipped`
-        (index -> count). ``'raise'``: :class:`NonFiniteGradientError` names the parameters
-        and nothing in that call is updated. Both cost one host sync per update call.
+        What an unsafe update does: a gradient with NaN or infinity, or a finite one whose
+        square (rescaled and clipped, as the step takes it) makes the accumulator overflow.
+        ``'propagate'``: the update runs and the NaN or infinity reaches the weight and
+        accumulator, as with MXNet's built-in (and PyTorch's) Adagrad, at no extra cost.
+        ``'skip'``: that parameter's update is skipped (weight, accumulator and update count
+        untouched), counted in :attr:`nonfinite_skipped` (index -> count); the others run.
+        ``'raise'``: :class:`NonFiniteGradientError` names the parameters and nothing is
+        updated: under ``gluon.Trainer`` (which sets ``param_dict``) nothing in the whole step,
+        whatever the kernel and however many dtypes (the Trainer hands each dtype over in a
+        call of its own; the first call checks every gradient of ``param_dict``, grad_req
+        other than ``'null'``, so with ``ignore_stale_grad=True`` a stale non-finite gradient
+        raises too); without ``param_dict`` (user code calling ``update``, or an unpickled
+        copy, as on a parameter server), nothing in that call. With ``update_on_kvstore``
+        MXNet's kvstore calls the optimizer from a callback that swallows exceptions:
+        nothing is updated, but ``Trainer.step`` returns without raising. Both policies cost one
+        host sync per update call (one call per dtype under the Trainer).
+        Not checked: a weight pushed past the float range by ``lr`` or ``wd`` themselves
+        (the step changes ``w`` by at most ``lr * (1 + wd * |w|)``).
     kernel : {'auto', 'fused', 'reference'}, default 'auto'
         The update that runs: the fused C++ kernels (:mod:`adagrad_gluon.kernels`, built on
         first use; bit-identical results, one pass over memory, many parameters per call),
@@ -131,12 +149,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if lr_scheduler is not None and not callable(lr_scheduler):
             raise TypeError(f"lr_scheduler must be callable, got {lr_scheduler!r}")
         kwargs["wd"] = check_number("wd", kwargs.get("wd", 0.0))
-        kwargs["rescale_grad"] = check_number(
-            "rescale_grad", kwargs.get("rescale_grad", 1.0), strict=True
-        )
+        kwargs["rescale_grad"] = _check_normal("rescale_grad", kwargs.get("rescale_grad", 1.0))
         clip = kwargs.get("clip_gradient")
         if clip is not None:
-            kwargs["clip_gradient"] = check_number("clip_gradient", clip, strict=True)
+            kwargs["clip_gradient"] = _check_normal("clip_gradient", clip)
         begin = kwargs.get("begin_num_update", 0)
         if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
             raise ValueError(f"begin_num_update must be an integer >= 0, got {begin!r}")
@@ -164,7 +180,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         )
         self.maximize = maximize
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
-        self.nonfinite_skipped: dict = {}  # index -> updates skipped for a non-finite gradient
+        self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked, and what was found
@@ -172,8 +188,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def _use_kernel(self, kernel: str) -> None:
         """Run the update through ``kernel`` (``'fused'`` or ``'reference'``)."""
         self.kernel = kernel
-        # gluon.Trainer hands lists of up to aggregate_num parameters to one update call
-        self.aggregate_num = kernels.AGGREGATE_NUM if kernel == "fused" else 0
+        # gluon.Trainer hands lists of up to aggregate_num parameters (of one dtype) to one
+        # update call; 'skip' and 'raise' check each list in one host sync
+        aggregate = kernel == "fused" or self.nonfinite != "propagate"
+        self.aggregate_num = kernels.AGGREGATE_NUM if aggregate else 0
 
     def set_learning_rate(self, lr: float) -> None:
         """Set the global learning rate (validated as in ``__init__``)."""
@@ -183,7 +201,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
-        _check_dense_weight(weight)
+        _check_dense_weight(self._name(index), weight)
         return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
@@ -205,8 +223,11 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     def _decayed(self, lr: float, t: int) -> float:
         """``lr / (1 + (t - 1) * lr_decay)`` for the ``t``-th update (PyTorch's ``lr_decay``);
-        before the first update (``t = 0``) the rate of the first."""
-        return lr / (1.0 + (max(t, 1) - 1) * self.lr_decay) if self.lr_decay else lr
+        before the first update (``t = 0``) the rate of the first. A rate below float64's
+        smallest normal number is 0 (see :func:`_flush_subnormal`)."""
+        if self.lr_decay:
+            lr = lr / (1.0 + (max(t, 1) - 1) * self.lr_decay)
+        return _flush_subnormal(lr)
 
     def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
@@ -238,24 +259,26 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
         checked = [self._check(*args) for args in zip(index, weight, grad, state, strict=True)]
-        if self.nonfinite != "propagate":
-            keep = self._finite_gradients(index, grad)
-            if not all(keep):
-                index, weight, grad, checked = (
-                    [x for x, k in zip(seq, keep, strict=True) if k]
-                    for seq in (index, weight, grad, checked))
-                if not index:
-                    return
-        lrs, wds = self._count_and_rates(index)
-        fused, reference = [], []
-        for i, w, g, (acc, master, row_sparse, kernel_takes_it), lr, wd in zip(
-                index, weight, grad, checked, lrs, wds, strict=True):
+        wds = [_flush_subnormal(wd) for wd in self._get_wds(index)]
+        for i, (_, _, row_sparse, _), wd in zip(index, checked, wds, strict=True):
             if wd and row_sparse:
                 raise ValueError(
                     f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
                     f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
                     f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
                 )
+        if self.nonfinite != "propagate":
+            keep = self._safe_updates(index, weight, grad, checked, wds)
+            if not all(keep):
+                index, weight, grad, checked, wds = (
+                    [x for x, k in zip(seq, keep, strict=True) if k]
+                    for seq in (index, weight, grad, checked, wds))
+                if not index:
+                    return
+        lrs = self._count_and_lrs(index)
+        fused, reference = [], []
+        for w, g, (acc, master, row_sparse, kernel_takes_it), lr, wd in zip(
+                weight, grad, checked, lrs, wds, strict=True):
             step = kernels.Step(w, g, acc, master, lr, wd, row_sparse)
             (fused if kernel_takes_it and self.kernel == "fused" else reference).append(step)
         if fused:
@@ -263,24 +286,70 @@ class AdagradScratch(mx.optimizer.Optimizer):
         for step in reference:
             self._reference_step(step)
 
-    def _finite_gradients(self, indices, grads) -> list[bool]:
-        """Which gradients are finite (one host sync for the whole list). Under
-        ``nonfinite='raise'`` a non-finite one raises :class:`NonFiniteGradientError`; under
-        ``'skip'`` it is counted in :attr:`nonfinite_skipped`."""
-        # 0 if finite; NaN if any element is NaN or infinite (in the gradient's own dtype, so
-        # a large finite float64 value does not overflow)
-        probes = [nd.sum((g.data if g.stype == "row_sparse" else g) * 0).astype(np.float64)
-                  for g in grads]
-        finite = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
-        bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
+    def _safe_updates(self, indices, weights, grads, checked, wds) -> list[bool]:
+        """Which of these updates are safe: a finite gradient whose square does not overflow
+        the accumulator (one host sync for the whole list). Under ``nonfinite='raise'`` the
+        gradients of the rest of the step (every other gradient of ``param_dict``) are checked
+        in the same sync, and an unsafe one anywhere raises :class:`NonFiniteGradientError`;
+        under ``'skip'`` each unsafe update of this call is counted in
+        :attr:`nonfinite_skipped`."""
+        probes = [self._probe(w, g, acc, master, row_sparse, wd) for w, g, (acc, master,
+                  row_sparse, _), wd in zip(weights, grads, checked, wds, strict=True)]
+        named = list(indices)
+        if self.nonfinite == "raise":
+            for i, probe in self._rest_of_step(grads):
+                named.append(i)
+                probes.append(probe)
+        safe = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
+        bad = [i for i, ok in zip(named, safe, strict=True) if not ok]
         if bad and self.nonfinite == "raise":
-            names = ", ".join(self._name(i) for i in bad)
+            names = ", ".join(self._name(i) for i in dict.fromkeys(bad))
             raise NonFiniteGradientError(
-                f"non-finite gradient (NaN or infinity) for parameter(s) {names}; nothing was "
-                f"updated. nonfinite='skip' skips such updates instead")
+                f"non-finite gradient (NaN or infinity), or one whose square overflows the "
+                f"accumulator, for parameter(s) {names}; nothing was updated. "
+                f"nonfinite='skip' skips such updates instead")
         for i in bad:
             self.nonfinite_skipped[i] = self.nonfinite_skipped.get(i, 0) + 1
-        return finite.tolist()
+        return safe[:len(indices)].tolist()
+
+    def _probe(self, weight, grad, acc, master, row_sparse: bool, wd: float) -> nd.NDArray:
+        """A float64 scalar: 0 if the gradient is finite and ``s + g * g`` (``g`` as the step
+        prepares it, in the accumulator's dtype) is finite everywhere, else NaN. ``acc`` None
+        stands for an accumulator of zeros (the gradient's own square is checked)."""
+        dtype = accumulator_dtype(weight.dtype)
+        work = None  # the weight in the accumulator's dtype: needed for 'l2' decay only
+        if self.weight_decay_mode == "l2" and wd:
+            work = master if master is not None else weight.astype(dtype, copy=False)
+        if row_sparse:
+            rows, grad = grad.indices, grad.data
+            work = None if work is None else nd.take(work, rows)
+            acc = None if acc is None else nd.take(acc, rows)
+        grad = grad.astype(dtype, copy=False)  # never overflows: dtype is as wide as grad's
+        g = prepared_gradient(work, grad, wd=wd, rescale_grad=self.rescale_grad,
+                              clip_gradient=self.clip_gradient,
+                              weight_decay_mode=self.weight_decay_mode, maximize=self.maximize)
+        square = g * g if acc is None else acc + g * g
+        # x * 0 is 0 for finite x and NaN for NaN or infinity
+        return (nd.sum(grad * 0) + nd.sum(square * 0)).astype(np.float64)
+
+    def _rest_of_step(self, grads) -> list[tuple[int, nd.NDArray]]:
+        """``(index, probe)`` for the gradients of ``param_dict`` (set by ``gluon.Trainer``)
+        other than ``grads``: the rest of the step, which the Trainer hands over in further
+        calls (one per dtype). Their accumulators are not known here, so each gradient's own
+        square is checked."""
+        probes = []
+        for i, param in self.param_dict.items():
+            if param.grad_req == "null":
+                continue
+            name = self._name(i)
+            wd = _flush_subnormal(self._get_wds([i])[0])
+            for weight, grad in zip(param.list_data(), param.list_grad(), strict=True):
+                if any(grad is g for g in grads):
+                    continue
+                _check_storage(name, weight, grad)
+                row_sparse = grad.stype == "row_sparse"
+                probes.append((i, self._probe(weight, grad, None, None, row_sparse, wd)))
+        return probes
 
     @property
     def num_nonfinite_skipped(self) -> int:
@@ -306,9 +375,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
             _check_rows(self._name(index), grad, weight)
         return known[2:]
 
-    def _count_and_rates(self, indices) -> tuple[list[float], list[float]]:
+    def _count_and_lrs(self, indices) -> list[float]:
         """Count one update of each of ``indices``; return their learning rates
-        (:meth:`current_lr`) and weight decays, exactly as one update after the other would.
+        (:meth:`current_lr`), exactly as one update after the other would.
         When every index has been updated equally often (as under ``gluon.Trainer``) that is
         one pass over them; otherwise, the scheduler's rate may change between two of them.
         """
@@ -318,10 +387,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
             for i in indices:
                 self._update_count(i)
                 lrs.append(self.current_lr(i))
-            return lrs, self._get_wds(indices)
+            return lrs
         self._update_count(indices)
         t = self._index_update_count[indices[0]]  # the count all of them share
-        return [self._decayed(lr, t) for lr in self._get_lrs(indices)], self._get_wds(indices)
+        return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
 
     def _shared_options(self) -> dict:
         """The update's options other than ``lr`` and ``wd`` (one set for every parameter)."""
@@ -372,23 +441,51 @@ def accumulator_dtype(weight_dtype) -> type:
     return np.float64 if np.dtype(weight_dtype) == np.float64 else np.float32
 
 
-def _check_dense_weight(weight) -> None:
+def _flush_subnormal(value: float) -> float:
+    """``value``, or 0 if it is below float64's smallest normal number (2.2e-308): MXNet
+    refuses such numbers as operator arguments (see ``learning_rate`` in the class
+    docstring for what flushing a rate to 0 changes)."""
+    return 0.0 if abs(value) < sys.float_info.min else value
+
+
+def _check_normal(name: str, value) -> float:
+    """``value`` as a float if it is a finite number of at least float64's smallest normal
+    number: MXNet refuses smaller ones as operator arguments, and unlike a rate such a factor
+    cannot act as 0 (it scales the gradient, which may be as large as 1e308)."""
+    value = check_number(name, value, strict=True)
+    if value < sys.float_info.min:
+        raise ValueError(f"{name} must be at least 2.2250738585072014e-308 (float64's smallest "
+                         f"normal number; MXNet refuses smaller ones), got {value!r}")
+    return value
+
+
+def _check_dense_weight(name: str, weight) -> None:
     if not isinstance(weight, nd.NDArray):
-        raise TypeError(f"weight must be an mxnet NDArray, got {type(weight).__name__}")
+        raise TypeError(f"weight of parameter {name} must be an mxnet NDArray, "
+                        f"got {type(weight).__name__}")
     if weight.stype != "default":
         raise TypeError(
-            f"adagrad_scratch updates dense weights (row_sparse gradients are fine); "
-            f"got a {weight.stype} weight"
+            f"parameter {name}: adagrad_scratch updates dense weights (row_sparse gradients "
+            f"are fine); got a {weight.stype} weight"
         )
     if weight.dtype not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"weight must be float16, float32 or float64, got {weight.dtype}")
+        raise TypeError(f"parameter {name}: weight must be float16, float32 or float64, "
+                        f"got {weight.dtype}")
+
+
+def _check_storage(name: str, weight, grad) -> None:
+    """Refuse a weight that is not dense, or a gradient neither dense nor row_sparse."""
+    _check_dense_weight(name, weight)
+    if not isinstance(grad, nd.NDArray):
+        raise TypeError(f"gradient of parameter {name} must be an NDArray, got {type(grad)}")
+    if grad.stype not in ("default", "row_sparse"):
+        raise TypeError(f"parameter {name}: adagrad_scratch takes dense or row_sparse "
+                        f"gradients; got a {grad.stype} gradient")
 
 
 def _check_arrays(name: str, weight, grad, acc, master) -> None:
     """Refuse mismatched shapes or types instead of letting MXNet broadcast them."""
-    _check_dense_weight(weight)
-    if not isinstance(grad, nd.NDArray):
-        raise TypeError(f"gradient of parameter {name} must be an NDArray, got {type(grad)}")
+    _check_storage(name, weight, grad)
     if grad.shape != weight.shape:
         raise ValueError(
             f"parameter {name}: gradient shape {grad.shape} does not match "
