@@ -196,7 +196,8 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
                         help="seed of the initial weights and the batch order (default: 0)")
     parser.add_argument("--data-dir", type=existing_dir, default=None, metavar="DIR",
                         help="directory holding airfoil_self_noise.dat (default: "
-                             "$ADAGRAD_GLUON_DATA_DIR, else the cache, else a download)")
+                             "$ADAGRAD_GLUON_DATA_DIR, else the copy shipped with the "
+                             "package, else the cache, else a download)")
     _add_output_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
