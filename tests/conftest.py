@@ -12,6 +12,8 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, database=None)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+
 # The tests use the airfoil file shipped with the package, as a user's first run does: a
 # directory exported by the caller must not stand in for it. (Set before anything imports
 # the package, and with it matplotlib.)
