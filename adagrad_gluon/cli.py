@@ -14,10 +14,17 @@ Subcommands:
     the exercise on the decaying rate: Adagrad and an RMSProp-style leaky accumulator side
     by side, with their effective learning rates.
 
-Bad arguments get a one-line error and exit code 2; a missing or corrupt data file a
-one-line error and exit code 1. To add a subcommand, write one function decorated with
-:func:`subcommand`: it receives the subparsers, adds its parser and sets ``run`` to a
-function of the parsed arguments that returns the exit code.
+Bad arguments get a one-line error and exit code 2 (numbers are checked before any work:
+learning rates, for instance, must lie in float32's normal range, as the training runs in
+float32). ``--out`` is created and checked to be writable before any work too. A run that
+fails (a missing or corrupt data file, an output that cannot be written, a value MXNet,
+numpy or matplotlib refuse, an overflow: ``OSError``, ``ValueError``, ``ArithmeticError``,
+``MXNetError``) gets a one-line error and exit code 1; any other exception is a bug and keeps
+its traceback. Set ``ADAGRAD_GLUON_TRACEBACK=1`` to see the traceback of a one-line error too.
+
+To add a subcommand, write one function decorated with :func:`subcommand`: it receives the
+subparsers, adds its parser and sets ``run`` to a function of the parsed arguments that
+returns the exit code.
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ import argparse
 import functools
 import json
 import math
+import os
 import platform
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mxnet as mx
 import numpy as np
+from mxnet.base import MXNetError
 from tqdm import tqdm
 
 from . import __version__, chapter, plotting
@@ -59,6 +70,12 @@ from .validation import (
 PROG = "adagrad-gluon"
 DEFAULT_OUT = "adagrad-gluon-out"
 REFERENCE_RUN = "adagrad"  # compare measures parameter differences against the built-in
+TRACEBACK_ENV = "ADAGRAD_GLUON_TRACEBACK"
+# What a run may fail with that is not a bug: files (DataFileError is an OSError), values that
+# MXNet, numpy or matplotlib refuse, overflows. Anything else keeps its traceback.
+RUNTIME_ERRORS = (OSError, ValueError, ArithmeticError, MXNetError)
+# The training runs in float32: a learning rate outside its normal range becomes inf or 0 there
+LR_MIN, LR_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
@@ -104,18 +121,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code
     try:
+        if "out" in args:
+            prepare_output(args.out)
         return args.run(args)
-    except DataFileError as exc:
-        print(f"{PROG}: error: {one_line(exc)} (on the command line: --data-dir DIR)",
-              file=sys.stderr)
+    except RUNTIME_ERRORS as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"{PROG}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
-    except OSError as exc:  # an output that cannot be written
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except OverflowError as exc:  # Python float arithmetic, e.g. the 2-D example's g ** 2
-        print(f"{PROG}: error: the computation overflowed ({one_line(exc)}); try a smaller "
-              f"learning rate", file=sys.stderr)
-        return 1
+
+
+def prepare_output(out: Path) -> None:
+    """Create the directory ``out`` and check that a file can be created in it, before any
+    work is done; ``OSError`` naming it otherwise."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".adagrad-gluon-write-check-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write into the output directory {out}: "
+                      f"{exc.strerror or exc}") from exc
+
+
+# Lines of a message that are a traceback rather than the error (MXNet puts its C++ stack in)
+_TRACEBACK_LINE = re.compile(r'Traceback \(most recent call last\):|File "|\[bt\]|Stack trace'
+                             r'|Extension Traceback')
+_FRAME_PREFIX = re.compile(r"^\[\d+\] \S+: ")  # "[0] adagrad_ops.cc[258]: "
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what went wrong in a run (``exc`` is one of :data:`RUNTIME_ERRORS`)."""
+    lines = (_FRAME_PREFIX.sub("", line.strip()) for line in str(exc).splitlines())
+    text = one_line(" ".join(line for line in lines
+                             if line and not _TRACEBACK_LINE.match(line)))
+    if isinstance(exc, DataFileError):
+        return f"{text} (on the command line: --data-dir DIR)"
+    if isinstance(exc, OSError):
+        return text
+    if isinstance(exc, OverflowError):  # Python float arithmetic, e.g. the 2-D example's g ** 2
+        return f"the computation overflowed ({text}); try a smaller learning rate"
+    name = type(exc).__name__
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 # -- argument types: each turns a string into a checked value or an ArgumentTypeError ---------
@@ -147,13 +193,30 @@ def leak(text: str) -> float:
     return value
 
 
+def check_learning_rate(name: str, value: float) -> float:
+    """``value`` if it is a learning rate the float32 training can use: in float32's normal
+    range (:data:`LR_MIN` .. :data:`LR_MAX`), where it is neither rounded to 0 or a
+    subnormal nor overflows to inf."""
+    value = check_number(name, value, strict=True)
+    if not LR_MIN <= value <= LR_MAX:
+        raise ValueError(f"{name} must be between {LR_MIN:.3g} and {LR_MAX:.3g} (the training "
+                         f"runs in float32), got {value!r}")
+    return value
+
+
+@argument_type
+def learning_rate(text: str) -> float:
+    """A learning rate: a number in float32's normal range, see :func:`check_learning_rate`."""
+    return check_learning_rate("value", parse_float(text))
+
+
 @argument_type
 def learning_rates(text: str) -> list[float]:
-    """A comma-separated list of distinct learning rates > 0, e.g. ``0.01,0.1,1``."""
+    """A comma-separated list of distinct learning rates, e.g. ``0.01,0.1,1``."""
     items = [item.strip() for item in text.split(",")]
     if not all(items):
         raise ValueError(f"expected comma-separated numbers, got {text!r}")
-    rates = [check_number(f"learning rate {item!r}", parse_float(item), strict=True)
+    rates = [check_learning_rate(f"learning rate {item!r}", parse_float(item))
              for item in items]
     if len(set(rates)) != len(rates):
         raise ValueError(f"learning rates must be distinct, got {text!r}")
@@ -196,7 +259,8 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
                         help="seed of the initial weights and the batch order (default: 0)")
     parser.add_argument("--data-dir", type=existing_dir, default=None, metavar="DIR",
                         help="directory holding airfoil_self_noise.dat (default: "
-                             "$ADAGRAD_GLUON_DATA_DIR, else the cache, else a download)")
+                             "$ADAGRAD_GLUON_DATA_DIR, else the copy shipped with the "
+                             "package, else the cache, else a download)")
     _add_output_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -255,7 +319,10 @@ def _write_json(out: Path, name: str, command: str, args: argparse.Namespace,
 
 
 def _save(fig, out: Path, name: str) -> Path:
-    return plotting.save_figure(fig, out / name)
+    try:
+        return plotting.save_figure(fig, out / name)
+    except ValueError as exc:  # matplotlib refusing the data, e.g. of a diverged run
+        raise ValueError(f"cannot draw {name}: {exc}") from exc
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -283,7 +350,6 @@ def max_param_diff(result: TrainResult, reference: TrainResult) -> float:
 
 def _compare(args: argparse.Namespace) -> int:
     data_iter, feature_dim, data_info = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     recorder = EffectiveLRRecorder()
     common = {"num_epochs": args.epochs, "seed": args.seed}  # one seed: same weights, batches
     concise = {"learning_rate": args.lr, "eps": CHAPTER_EPS}
@@ -334,7 +400,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
                     "from-scratch function (scratch), adagrad_scratch through gluon.Trainer, "
                     "and MXNet's built-in adagrad. Prints a table and writes compare.json, "
                     "loss_curves.png and effective_lr.png.")
-    parser.add_argument("--lr", type=positive_float, default=0.1,
+    parser.add_argument("--lr", type=learning_rate, default=0.1,
                         help="learning rate (default: 0.1)")
     _add_training_options(parser, epochs=2)
     parser.set_defaults(run=_compare)
@@ -345,7 +411,6 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 def _trajectory(args: argparse.Namespace) -> int:
     path = chapter.train_2d(functools.partial(chapter.adagrad_2d, eta=args.eta), args.steps)
     print(chapter.format_2d(path))
-    args.out.mkdir(parents=True, exist_ok=True)
     fig = plotting.show_trace_2d(
         chapter.f_2d, path,
         title=rf"Adagrad on $f = 0.1x_1^2 + 2x_2^2$, $\eta$ = {args.eta:g}, {args.steps} steps")
@@ -371,7 +436,6 @@ def _add_trajectory(subparsers: argparse._SubParsersAction) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     data_iter, _, data_info = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for lr in args.lrs:
         name = f"lr={lr:g}"
@@ -419,7 +483,6 @@ def _rate_range(recorder: EffectiveLRRecorder, record: int) -> str:
 
 def _remedy(args: argparse.Namespace) -> int:
     data_iter, feature_dim, data_info = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     setups = [
         ("adagrad", chapter.adagrad, chapter.init_adagrad_states, {"lr": args.lr}),
         ("rmsprop", chapter.rmsprop, chapter.init_rmsprop_states,
@@ -461,9 +524,9 @@ def _add_remedy(subparsers: argparse._SubParsersAction) -> None:
                     "from-scratch adagrad and rmsprop (a leaky average of squared gradients) on "
                     "the same data with one seed; prints their losses and effective learning "
                     "rates and writes remedy.json and remedy.png.")
-    parser.add_argument("--lr", type=positive_float, default=0.1,
+    parser.add_argument("--lr", type=learning_rate, default=0.1,
                         help="Adagrad's learning rate (default: 0.1, the chapter's)")
-    parser.add_argument("--rmsprop-lr", type=positive_float, default=0.01,
+    parser.add_argument("--rmsprop-lr", type=learning_rate, default=0.01,
                         help="RMSProp's learning rate (default: 0.01, its chapter's)")
     parser.add_argument("--gamma", type=leak, default=0.9,
                         help="RMSProp's leak, in [0, 1) (default: 0.9)")

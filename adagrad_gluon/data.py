@@ -1,11 +1,14 @@
 """The NASA airfoil self-noise data (``get_data_ch10``): find, verify, parse, batch.
 
-Where the file comes from, in order:
+The file (59 KB, CC BY 4.0) ships with the package in ``adagrad_gluon/data_files/``, so the
+chapter runs offline. Where the file comes from, in order:
 
 1. ``data_dir=`` if given;
 2. the directory in the environment variable ``ADAGRAD_GLUON_DATA_DIR`` if set;
-3. the cache directory (:func:`cache_dir`), downloading the file into it with pooch
-   if it is not there yet.
+3. the copy shipped with the package (:data:`SHIPPED_FILE`), if it passes its checksum;
+4. the cache directory (:func:`cache_dir`), downloading the file into it with pooch
+   if it is not there yet (only when the shipped copy is missing or corrupt; a corrupt one
+   also gives a :class:`DataFileWarning`).
 
 Every file is checked against its SHA-1 before use (the d2l data hub's copy with CRLF line
 endings, or the same rows with LF endings). An explicit directory that lacks the file, a file
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +37,7 @@ KNOWN_SHA1 = (SHA1_CRLF, SHA1_LF)
 NUM_ROWS, NUM_COLUMNS = 1503, 6
 DATA_DIR_ENV = "ADAGRAD_GLUON_DATA_DIR"
 CACHE_DIR_ENV = "ADAGRAD_GLUON_CACHE_DIR"
+SHIPPED_FILE = Path(__file__).resolve().parent / "data_files" / FILE_NAME  # in the wheel too
 
 _HOW_TO_PROVIDE = (
     f"download {URL} (SHA-1 {SHA1_CRLF}) and pass its directory as data_dir= "
@@ -42,6 +47,11 @@ _HOW_TO_PROVIDE = (
 
 class DataFileError(OSError):
     """The airfoil data file is missing, corrupt or cannot be downloaded."""
+
+
+class DataFileWarning(UserWarning):
+    """The copy of the data shipped with the package is corrupt; the cache or a download
+    is used instead."""
 
 
 def cache_dir() -> Path:
@@ -86,7 +96,18 @@ def _from_directory(directory: str | os.PathLike, source: str) -> Path:
     return _verified(path)
 
 
-def _download(directory: Path) -> Path:
+def _shipped_problem() -> str | None:
+    """Why the shipped copy cannot be used (missing, or its SHA-1), or None if it is intact."""
+    if not SHIPPED_FILE.is_file():
+        return f"the copy shipped with the package, {SHIPPED_FILE}, is missing"
+    actual = sha1_of(SHIPPED_FILE)
+    if actual not in KNOWN_SHA1:
+        return (f"the copy shipped with the package, {SHIPPED_FILE}, is corrupt: its SHA-1 "
+                f"is {actual}, expected {SHA1_CRLF}")
+    return None
+
+
+def _download(directory: Path, why: str) -> Path:
     import pooch
 
     try:
@@ -96,7 +117,8 @@ def _download(directory: Path) -> Path:
         )
     except Exception as exc:  # network errors, HTTP errors, hash mismatch, unwritable cache
         raise DataFileError(
-            f"could not download {URL} into {directory / FILE_NAME}: {exc}; {_HOW_TO_PROVIDE}"
+            f"{why}, and could not download {URL} into {directory / FILE_NAME}: {exc}; "
+            f"reinstall adagrad-gluon, or {_HOW_TO_PROVIDE}"
         ) from exc
     return Path(fetched)
 
@@ -107,11 +129,17 @@ def airfoil_path(data_dir: str | os.PathLike | None = None) -> Path:
         return _from_directory(data_dir, "data_dir")
     if os.environ.get(DATA_DIR_ENV):
         return _from_directory(os.environ[DATA_DIR_ENV], DATA_DIR_ENV)
+    problem = _shipped_problem()
+    if problem is None:
+        return SHIPPED_FILE
+    if SHIPPED_FILE.is_file():
+        warnings.warn(f"{problem}; using the cache or a download instead", DataFileWarning,
+                      stacklevel=2)
     directory = cache_dir()
     cached = directory / FILE_NAME
     if cached.is_file() and sha1_of(cached) in KNOWN_SHA1:
         return cached
-    return _download(directory)  # pooch replaces a partial or corrupt cached file
+    return _download(directory, problem)  # pooch replaces a partial or corrupt cached file
 
 
 def read_airfoil(path: str | os.PathLike) -> np.ndarray:

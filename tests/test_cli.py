@@ -6,10 +6,12 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mxnet.base import MXNetError
 
 from adagrad_gluon import cli
 from adagrad_gluon.cli import build_parser, format_table, main
@@ -280,6 +282,15 @@ BAD_ARGUMENTS = [
     (["remedy", "--gamma", "1"], "argument --gamma: value must be < 1"),
     (["remedy", "--gamma", "-0.5"], "argument --gamma: value must be >= 0.0"),
     (["remedy", "--rmsprop-lr", "-1"], "argument --rmsprop-lr: value must be > 0.0"),
+    # learning rates that float32, the training's precision, turns into inf or 0 (or subnormal)
+    (["compare", "--lr", "1e300"],
+     "argument --lr: value must be between 1.18e-38 and 3.4e+38 (the training runs in float32)"),
+    (["compare", "--lr", "1e-39"], "argument --lr: value must be between 1.18e-38 and 3.4e+38"),
+    (["sweep", "--lrs", "0.1,1e-320"],
+     "argument --lrs: learning rate '1e-320' must be between 1.18e-38 and 3.4e+38"),
+    (["sweep", "--lrs", "1e39"], "argument --lrs: learning rate '1e39' must be between"),
+    (["remedy", "--lr", "1e300"], "argument --lr: value must be between 1.18e-38 and 3.4e+38"),
+    (["remedy", "--rmsprop-lr", "1e-300"], "argument --rmsprop-lr: value must be between"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
 ]
@@ -295,6 +306,142 @@ def test_bad_arguments_get_one_line_and_exit_code_2(argv, message, tmp_path):
     assert f"error: {message}" in stderr
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_learning_rates_at_the_edges_of_float32():
+    assert cli.LR_MIN == float(np.finfo(np.float32).tiny)
+    assert cli.LR_MAX == float(np.finfo(np.float32).max)
+    parser = build_parser()
+    assert parser.parse_args(["compare", "--lr", "3.4e38"]).lr == 3.4e38
+    assert parser.parse_args(["sweep", "--lrs", "1.2e-38,1e38"]).lrs == [1.2e-38, 1e38]
+    args = parser.parse_args(["remedy", "--lr", "1e-30", "--rmsprop-lr", "1e30"])
+    assert (args.lr, args.rmsprop_lr) == (1e-30, 1e30)
+
+
+def assert_one_line_error(code, stdout, stderr):
+    assert code == 1
+    assert stderr.count("\n") == 1 and stderr.endswith("\n")
+    assert stderr.startswith("adagrad-gluon: error: ")
+    assert "Traceback" not in stderr and "File \"" not in stderr
+
+
+MXNET_MESSAGE = """Traceback (most recent call last):
+  File "../src/c_api/c_api.cc", line 317
+MXNetError: Check failed: retval: Error calling FCompute for custom operator 'op'
+Extension Traceback:
+\t[0] /src/adagrad_ops.cc[258]: attribute lrs must be a finite number, got '1e-320'
+"""
+
+
+@pytest.mark.parametrize("error, expected", [
+    (MXNetError(MXNET_MESSAGE), "error: MXNetError: Check failed: retval: Error calling FCompute "
+                                "for custom operator 'op' attribute lrs must be a finite number, "
+                                "got '1e-320'\n"),
+    (ValueError("learning_rate must be a normal number"),
+     "error: ValueError: learning_rate must be a normal number\n"),
+    (FloatingPointError("overflow encountered in multiply"),
+     "error: FloatingPointError: overflow encountered in multiply\n"),
+    (OverflowError("(34, 'Numerical result out of range')"),
+     "error: the computation overflowed ((34, 'Numerical result out of range')); try a smaller "
+     "learning rate\n"),
+    (OSError(28, "No space left on device"), "error: [Errno 28] No space left on device\n"),
+])
+def test_a_run_that_fails_gets_one_line_and_exit_code_1(monkeypatch, tmp_path, error, expected):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "train_ch10", fail)
+    code, stdout, stderr = run_main(["compare", "--out", str(tmp_path)] + SMALL)
+    assert_one_line_error(code, stdout, stderr)
+    assert stderr.endswith(expected)
+
+
+def test_a_bug_keeps_its_traceback_and_so_does_a_run_error_on_request(monkeypatch, tmp_path):
+    def bug(*args, **kwargs):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(cli, "train_ch10", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        run_main(["compare", "--out", str(tmp_path)] + SMALL)
+
+    def refused(*args, **kwargs):
+        raise MXNetError(MXNET_MESSAGE)
+
+    monkeypatch.setattr(cli, "train_ch10", refused)
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(MXNetError):
+        run_main(["compare", "--out", str(tmp_path)] + SMALL)
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--lr", "1e38"],  # diverges: nan losses, effective rates that cannot be drawn
+    ["sweep", "--lrs", "1e-320"],  # what the optimizer makes of a subnormal learning rate
+])
+def test_extreme_learning_rates_succeed_or_fail_in_one_line(monkeypatch, tmp_path, argv):
+    """With the range check lifted, the run itself: exit 0, or exit 1 with one line."""
+    monkeypatch.setattr(cli, "LR_MIN", 0.0)
+    code, stdout, stderr = run_main(argv + ["--out", str(tmp_path)] + SMALL)
+    if code != 0:
+        assert_one_line_error(code, stdout, stderr)
+
+
+# -- the output directory: checked before any work ------------------------------------------
+
+def _can_create_a_file_in(directory: Path) -> bool:
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """An existing directory in which no file can be created: a read-only one; for root, whom
+    permissions do not stop, a sysfs directory."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        usable = [d for d in (read_only, Path("/sys/kernel"))
+                  if d.is_dir() and not _can_create_a_file_in(d)]
+        if not usable:
+            pytest.skip("no directory here refuses new files")
+        yield usable[0]
+    finally:
+        read_only.chmod(0o755)
+
+
+@pytest.fixture
+def training_calls(monkeypatch):
+    """Replace every training function of the CLI by one that records its call and stops."""
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("training started")
+
+    monkeypatch.setattr(cli, "train_ch10", record)
+    monkeypatch.setattr(cli, "train_concise_ch10", record)
+    monkeypatch.setattr(cli.chapter, "train_2d", record)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep", "remedy", "trajectory"])
+@pytest.mark.parametrize("where", ["read-only directory", "under a file"])
+def test_an_unwritable_output_fails_before_any_training(command, where, training_calls,
+                                                        tmp_path, request):
+    if where == "under a file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
+    else:
+        out = request.getfixturevalue("unwritable_dir")
+    code, stdout, stderr = run_main([command, "--out", str(out)]
+                                    + (["--quiet"] if command != "trajectory" else []))
+    assert training_calls == []
+    assert_one_line_error(code, stdout, stderr)
+    assert f"cannot write into the output directory {out}: " in stderr
+    assert stdout == ""
 
 
 def test_output_path_that_is_a_file(tmp_path):

@@ -1,21 +1,115 @@
 """get_data_ch10: where the file comes from, its verification, parsing and batching."""
 
 import shutil
+import socket
+import warnings
 
 import numpy as np
 import pytest
 
 from adagrad_gluon import data
-from adagrad_gluon.data import DataFileError, get_data_ch10, read_airfoil
+from adagrad_gluon.data import DataFileError, DataFileWarning, get_data_ch10, read_airfoil
 
 
 @pytest.fixture
-def no_data_env(monkeypatch, tmp_path):
+def private_cache(monkeypatch, tmp_path):
     """No ADAGRAD_GLUON_DATA_DIR, and an empty private cache directory."""
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(cache))
     return cache
+
+
+@pytest.fixture
+def no_data_env(private_cache, monkeypatch, tmp_path):
+    """As ``private_cache``, and no copy shipped with the package: the cache and download path."""
+    monkeypatch.setattr(data, "SHIPPED_FILE", tmp_path / "not-shipped" / data.FILE_NAME)
+    return private_cache
+
+
+@pytest.fixture
+def corrupt_shipped_copy(private_cache, monkeypatch, tmp_path, data_dir):
+    """As ``private_cache``, with a shipped copy that fails its checksum (one digit changed)."""
+    corrupt = tmp_path / "shipped" / data.FILE_NAME
+    corrupt.parent.mkdir()
+    corrupt.write_bytes((data_dir / data.FILE_NAME).read_bytes().replace(b"800", b"801", 1))
+    monkeypatch.setattr(data, "SHIPPED_FILE", corrupt)
+    return corrupt
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every name lookup and connection fails, as on a machine without one."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# -- the copy shipped with the package -----------------------------------------------------
+
+def test_the_shipped_copy_is_the_hubs_file_with_its_attribution():
+    assert data.SHIPPED_FILE.parent.name == "data_files"
+    assert data.SHIPPED_FILE.parent.parent.name == "adagrad_gluon"  # inside the package
+    assert data.sha1_of(data.SHIPPED_FILE) == data.SHA1_CRLF  # byte for byte, CRLF endings
+    assert read_airfoil(data.SHIPPED_FILE).shape == (data.NUM_ROWS, data.NUM_COLUMNS)
+    attribution = (data.SHIPPED_FILE.parent / "README.md").read_text()
+    for needed in ("Brooks", "Pope", "Marcolini", "1989", "UCI Machine Learning Repository",
+                   "CC BY 4.0", "https://creativecommons.org/licenses/by/4.0/", "Unmodified"):
+        assert needed in attribution
+
+
+def test_without_configuration_the_shipped_copy_is_used_offline(private_cache, offline):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DataFileWarning: the shipped copy is intact
+        assert data.airfoil_path() == data.SHIPPED_FILE
+        data_iter, feature_dim = get_data_ch10()
+    assert feature_dim == 5 and len(data_iter) == 150
+    assert not private_cache.exists()  # nothing cached, nothing downloaded
+
+
+def test_a_corrupt_shipped_copy_falls_back_to_the_cache(corrupt_shipped_copy, private_cache,
+                                                         data_dir, offline):
+    private_cache.mkdir()
+    shutil.copy(data_dir / data.FILE_NAME, private_cache / data.FILE_NAME)
+    with pytest.warns(DataFileWarning, match=rf"{corrupt_shipped_copy}, is corrupt.*SHA-1"):
+        assert data.airfoil_path() == private_cache / data.FILE_NAME
+
+
+def test_a_corrupt_shipped_copy_falls_back_to_the_download(corrupt_shipped_copy, private_cache,
+                                                            data_dir, monkeypatch):
+    fetched = []
+
+    def fake_retrieve(url, known_hash, fname, path, **kwargs):
+        fetched.append(url)
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_dir / data.FILE_NAME, path / fname)
+        return str(path / fname)
+
+    monkeypatch.setattr("pooch.retrieve", fake_retrieve)
+    with pytest.warns(DataFileWarning, match="is corrupt"):
+        assert data.airfoil_path() == private_cache / data.FILE_NAME
+    assert fetched == [data.URL]
+
+
+@pytest.mark.parametrize("state", ["corrupt", "missing"])
+def test_an_unusable_shipped_copy_offline_says_how_to_provide_the_file(
+        state, corrupt_shipped_copy, private_cache, offline):
+    if state == "missing":
+        corrupt_shipped_copy.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataFileWarning)
+        with pytest.raises(DataFileError) as info:
+            get_data_ch10()  # the real pooch, with the network refused
+    message = str(info.value)
+    assert f"{corrupt_shipped_copy}, is {state}" in message
+    assert data.URL in message and str(private_cache / data.FILE_NAME) in message
+    assert "reinstall adagrad-gluon" in message
+    assert "data_dir=" in message and data.DATA_DIR_ENV in message
+
+
+# -- the other sources -----------------------------------------------------------------------
 
 
 def test_chapter_batches_and_standardization():

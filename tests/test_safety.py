@@ -231,10 +231,11 @@ def test_a_huge_file_is_refused_by_its_checksum_without_parsing(tmp_path):
 
 FLAGS = ["compare", "trajectory", "sweep", "remedy", "--lr", "--epochs", "--batch-size", "--n",
          "--seed", "--data-dir", "--out", "--quiet", "--eta", "--steps", "--lrs", "--gamma",
-         "-h", "--", "-"]
+         "--rmsprop-lr", "-h", "--", "-"]
 VALUES = st.one_of(
-    st.sampled_from(["0", "-1", "1e309", "nan", "inf", "-inf", "0.5", "1504", "2**40", "",
-                     " ", "1,,2", "0.1,0.1", "/nonexistent", "x" * 300, "\x00", "é"]),
+    st.sampled_from(["0", "-1", "1e309", "1e300", "1e-320", "1e-39", "3.4e38", "nan", "inf",
+                     "-inf", "0.5", "1504", "2**40", "", " ", "1,,2", "0.1,0.1",
+                     "/nonexistent", "x" * 300, "\x00", "é"]),
     st.text(max_size=12),
 )
 
@@ -243,6 +244,8 @@ VALUES = st.one_of(
 @given(argv=st.lists(st.one_of(st.sampled_from(FLAGS), VALUES), max_size=6))
 @example(argv=["compare", "\n"])  # found by this test: a newline in a quoted argument
 @example(argv=["sweep", "--lrs", "1,\x1e2"])
+@example(argv=["compare", "--lr", "1e300"])  # inf in float32: a traceback after training
+@example(argv=["sweep", "--lrs", "1e-320"])  # 0 in float32: MXNetError on the first update
 def test_any_command_line_parses_or_fails_in_one_line(argv):
     """Argument handling alone (no training): every argv either parses into checked values
     or ends with exit code 2 (0 for --help) and a one-line message, never a traceback."""
@@ -264,4 +267,9 @@ def test_any_command_line_parses_or_fails_in_one_line(argv):
     for name in ("lr", "eta", "gamma"):
         value = getattr(args, name, None)
         assert value is None or np.isfinite(value)
+    # the learning rates of the float32 training stay in float32's normal range
+    tiny, huge = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    for rate in [getattr(args, "lr", None), getattr(args, "rmsprop_lr", None),
+                 *getattr(args, "lrs", [])]:
+        assert rate is None or tiny <= rate <= huge
     assert getattr(args, "epochs", 1) >= 1 and getattr(args, "batch_size", 1) >= 1
