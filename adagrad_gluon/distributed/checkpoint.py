@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from ..state import atomic_write, check_state_array
+from ..optim.state import atomic_write, check_state_array
 
 FORMAT = "adagrad_gluon.optimizer_states"
 VERSION = 1

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 FILE_NAME = "airfoil_self_noise.dat"
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat"

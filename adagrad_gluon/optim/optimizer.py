@@ -9,15 +9,15 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from . import compat as compat_presets
+from ..validation import check_choice, check_number
 from . import kernels
+from . import options as compat_presets
 from .functional import (
     EPS_PLACEMENTS,
     WEIGHT_DECAY_MODES,
     adagrad_update,
     adagrad_update_row_sparse,
 )
-from .validation import check_choice, check_number
 
 REGISTERED_NAME = "adagrad_scratch"
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
