@@ -8,18 +8,35 @@ from ._numpy_compat import restore_numpy_bool
 
 restore_numpy_bool()  # before mxnet is imported below: mxnet 1.9.1 needs numpy.bool
 
-from .chapter import adagrad, adagrad_2d, f_2d, format_2d, init_adagrad_states, train_2d  # noqa: E402
-from .data import DataFileError, get_data_ch10, load_array  # noqa: E402
-from .optimizer import AdagradScratch, register  # noqa: E402
-from .state import (  # noqa: E402
+from . import _aliases  # noqa: E402
+from .d2l.chapter import (  # noqa: E402
+    adagrad,
+    adagrad_2d,
+    f_2d,
+    format_2d,
+    init_adagrad_states,
+    train_2d,
+)
+from .d2l.data import DataFileError, get_data_ch10, load_array  # noqa: E402
+from .d2l.training import TrainResult, train_ch10, train_concise_ch10  # noqa: E402
+from .optim.optimizer import AdagradScratch, register  # noqa: E402
+from .optim.state import (  # noqa: E402
     load_states,
     load_torch_state_dict,
     save_states,
     to_torch_state_dict,
 )
-from .training import TrainResult, train_ch10, train_concise_ch10  # noqa: E402
 
 register()
+_aliases.install()
+
+
+def __getattr__(name: str):
+    """``adagrad_gluon.kernels`` and the other module names of 0.1 (see :mod:`._aliases`)."""
+    if name in _aliases.MOVED:
+        return _aliases.moved_module(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

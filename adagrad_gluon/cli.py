@@ -46,17 +46,18 @@ import numpy as np
 from mxnet.base import MXNetError
 from tqdm import tqdm
 
-from . import __version__, chapter, plotting
-from .data import (
+from . import __version__
+from .d2l import chapter, plotting
+from .d2l.data import (
     NUM_ROWS,
     DataFileError,
     airfoil_path,
     get_data_ch10,
     sha1_of,
 )
-from .diagnostics import CHAPTER_EPS, EffectiveLRRecorder
+from .d2l.diagnostics import CHAPTER_EPS, EffectiveLRRecorder
+from .d2l.training import TrainResult, train_ch10, train_concise_ch10
 from .distributed import add_launch_parser
-from .training import TrainResult, train_ch10, train_concise_ch10
 from .validation import (
     argument_type,
     check_number,

@@ -508,7 +508,7 @@ def test_optimizer_that_cannot_be_pickled_is_refused():
     with pytest.raises(TypeError, match="pickled to the servers, and it cannot be"):
         check_optimizer_for_servers(optimizer)
     assert check_optimizer_for_servers(AdagradScratch()) == [
-        "adagrad_gluon.optimizer.AdagradScratch"]
+        "adagrad_gluon.optim.optimizer.AdagradScratch"]
 
 
 # -- environment and protocol --------------------------------------------------------------------

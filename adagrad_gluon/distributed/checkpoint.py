@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from ..state import (
+from ..optim.state import (
     Member,
     NpzReader,
     StateFileError,

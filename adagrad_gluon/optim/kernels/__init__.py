@@ -2,8 +2,8 @@
 
 The update of :func:`adagrad_gluon.functional.adagrad_update` (every option, the same rounding,
 so float32 and float64 results are bit-identical to it) as one pass over memory, in place,
-inside MXNet's engine. The C++ source, ``csrc/adagrad_ops.cc``, is compiled on the user's
-machine the first time an optimizer asks for it (never at import, never shipped as a binary)
+inside MXNet's engine. The C++ source, ``adagrad_ops.cc`` beside this file, is compiled on the
+user's machine the first time an optimizer asks for it (never at import, never shipped as a binary)
 with ``g++ -std=c++17 -O3 -march=native -fno-math-errno -ffp-contract=off -fopenmp``, into
 ``$ADAGRAD_GLUON_CACHE_DIR/kernels`` (else the user cache directory), under a key that hashes
 contents only (the source, the flags, the compiler's version, the CPU and the MXNet version,
@@ -58,15 +58,15 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from .data import CACHE_DIR_ENV
-from .functional import EPS_PLACEMENTS, WEIGHT_DECAY_MODES
-from .validation import check_choice
+from ...d2l.data import CACHE_DIR_ENV
+from ...validation import check_choice
+from ..functional import EPS_PLACEMENTS, WEIGHT_DECAY_MODES
 
 KERNEL_ENV = "ADAGRAD_GLUON_KERNEL"
 CXX_ENV = "ADAGRAD_GLUON_CXX"
 NUM_THREADS_ENV = "ADAGRAD_GLUON_NUM_THREADS"
 KERNELS = ("auto", "fused", "reference")
-SOURCE = Path(__file__).resolve().parent / "csrc" / "adagrad_ops.cc"
+SOURCE = Path(__file__).resolve().parent / "adagrad_ops.cc"
 LIBRARY_NAME = "libadagrad_gluon_ops.so"
 CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
             "-fopenmp", "-fPIC", "-shared")

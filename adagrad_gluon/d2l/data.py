@@ -1,6 +1,6 @@
 """The NASA airfoil self-noise data (``get_data_ch10``): find, verify, parse, batch.
 
-The file (59 KB, CC BY 4.0) ships with the package in ``adagrad_gluon/data_files/``, so the
+The file (59 KB, CC BY 4.0) ships with the package in ``adagrad_gluon/d2l/data_files/``, so the
 chapter runs offline. Where the file comes from, in order:
 
 1. ``data_dir=`` if given;
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 FILE_NAME = "airfoil_self_noise.dat"
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat"
@@ -59,7 +59,7 @@ def cache_dir() -> Path:
     directory of a source checkout (beside ``adagrad_gluon/``); else the user cache directory."""
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV])
-    checkout_data = Path(__file__).resolve().parent.parent / "data"
+    checkout_data = Path(__file__).resolve().parents[2] / "data"
     if (checkout_data / "README.md").is_file():
         return checkout_data
     import pooch

@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, init, nd
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 RECORD_EVERY = 200  # examples between two evaluations of the full-data loss, as in d2l
 

@@ -10,8 +10,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from . import compat as compat_presets
+from ..validation import check_choice, check_number
 from . import kernels
+from . import options as compat_presets
 from .functional import (
     EPS_PLACEMENTS,
     WEIGHT_DECAY_MODES,
@@ -19,7 +20,6 @@ from .functional import (
     adagrad_update_row_sparse,
     prepared_gradient,
 )
-from .validation import check_choice, check_number
 
 REGISTERED_NAME = "adagrad_scratch"
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
