@@ -189,11 +189,6 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _load_data(args: argparse.Namespace) -> experiments.AirfoilData:
-    """The airfoil data the options ask for."""
-    return experiments.load_data(args.batch_size, args.n, args.data_dir)
-
-
 def _progress(args: argparse.Namespace) -> experiments.Progress:
     """A tqdm bar on stderr per training run (disabled by ``--quiet``)."""
     def bar(name: str, total: int) -> tqdm:
@@ -212,15 +207,25 @@ def _wrote(paths: Sequence[Path]) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _on_airfoil(args: argparse.Namespace, experiment: Callable, table: Callable[..., str],
+                write: Callable[..., list[Path]]) -> int:
+    """Load the data (before creating ``--out``: a data error leaves nothing behind), run
+    ``experiment(data, progress)``, print ``table(result)`` and ``write(result, out,
+    options)``."""
+    data = experiments.load_data(args.batch_size, args.n, args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = experiment(data, _progress(args))
+    print(table(result))
+    _wrote(write(result, args.out, _options(args)))
+    return 0
+
+
 # -- compare ---------------------------------------------------------------------------------
 
 def _compare(args: argparse.Namespace) -> int:
-    data = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = experiments.compare(data, args.lr, args.epochs, args.seed, _progress(args))
-    print(report.comparison_table(result))
-    _wrote(report.write_comparison(result, args.out, _options(args)))
-    return 0
+    return _on_airfoil(
+        args, lambda data, bar: experiments.compare(data, args.lr, args.epochs, args.seed, bar),
+        report.comparison_table, report.write_comparison)
 
 
 @subcommand
@@ -265,12 +270,9 @@ def _add_trajectory(subparsers: argparse._SubParsersAction) -> None:
 # -- sweep -----------------------------------------------------------------------------------
 
 def _sweep(args: argparse.Namespace) -> int:
-    data = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = experiments.sweep(data, args.lrs, args.epochs, args.seed, _progress(args))
-    print(report.sweep_table(result))
-    _wrote(report.write_sweep(result, args.out, _options(args)))
-    return 0
+    return _on_airfoil(
+        args, lambda data, bar: experiments.sweep(data, args.lrs, args.epochs, args.seed, bar),
+        report.sweep_table, report.write_sweep)
 
 
 @subcommand
@@ -289,13 +291,11 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 # -- remedy ----------------------------------------------------------------------------------
 
 def _remedy(args: argparse.Namespace) -> int:
-    data = _load_data(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = experiments.remedy(data, args.lr, args.rmsprop_lr, args.gamma, args.epochs,
-                                args.seed, _progress(args))
-    print(report.remedy_table(result))
-    _wrote(report.write_remedy(result, args.out, _options(args)))
-    return 0
+    def run(data: experiments.AirfoilData, bar: experiments.Progress) -> experiments.Remedy:
+        return experiments.remedy(data, args.lr, args.rmsprop_lr, args.gamma, args.epochs,
+                                  args.seed, bar)
+
+    return _on_airfoil(args, run, report.remedy_table, report.write_remedy)
 
 
 @subcommand

@@ -65,6 +65,12 @@ def run_record(result: TrainResult) -> dict:
     }
 
 
+def _run_records(runs: Sequence[TrainResult], **columns: Sequence) -> list[dict]:
+    """:func:`run_record` of each run, with ``columns[key][i]`` added to run ``i``'s."""
+    return [{**run_record(run), **dict(zip(columns, values, strict=True))}
+            for run, *values in zip(runs, *columns.values(), strict=True)]
+
+
 def data_record(data: AirfoilData) -> dict:
     """Which data an experiment trained on: the file, its SHA-1 and the batching."""
     return {"file": data.file, "sha1": data.sha1, "examples": data.examples,
@@ -119,10 +125,9 @@ def write_comparison(result: Comparison, out: Path, options: Mapping) -> list[Pa
         "effective_lr.png": plotting.plot_effective_lr(
             result.recorder, title=f"{OURS}, lr {result.lr:g}: effective learning rates"),
     }
-    diff_key = f"max_abs_param_diff_vs_{result.reference}"
+    diffs = {f"max_abs_param_diff_vs_{result.reference}": result.diffs}
     content = {
-        "runs": [{**run_record(run), diff_key: diff}
-                 for run, diff in zip(result.runs, result.diffs, strict=True)],
+        "runs": _run_records(result.runs, **diffs),
         "reference": result.reference, "eps": result.eps, "data": data_record(result.data),
         "effective_lr": {"run": OURS, **result.recorder.to_dict()},
     }
@@ -145,11 +150,8 @@ def write_sweep(result: Sweep, out: Path, options: Mapping) -> list[Path]:
     figures = {"sweep.png": plotting.plot_sweep(
         result.runs, result.lrs,
         title=f"{OURS} on the airfoil data, {result.epochs} epoch(s)")}
-    content = {
-        "runs": [{**run_record(run), "lr": lr}
-                 for lr, run in zip(result.lrs, result.runs, strict=True)],
-        "best_lr": result.best_lr, "data": data_record(result.data),
-    }
+    content = {"runs": _run_records(result.runs, lr=result.lrs), "best_lr": result.best_lr,
+               "data": data_record(result.data)}
     return _write(out, "sweep", content, figures, options)
 
 
@@ -178,13 +180,9 @@ def write_remedy(result: Remedy, out: Path, options: Mapping) -> list[Path]:
     figures = {"remedy.png": plotting.plot_remedy(
         result.runs, result.recorders,
         title=f"Adagrad (sum of g²) and RMSProp (leaky average of g²), {result.epochs} epochs")}
-    content = {
-        "runs": [{**run_record(run), "hyperparameters": hyperparams,
-                  "effective_lr": recorder.to_dict()}
-                 for run, recorder, hyperparams
-                 in zip(result.runs, result.recorders, result.hyperparameters, strict=True)],
-        "eps": result.eps, "data": data_record(result.data),
-    }
+    runs = _run_records(result.runs, hyperparameters=result.hyperparameters,
+                        effective_lr=[recorder.to_dict() for recorder in result.recorders])
+    content = {"runs": runs, "eps": result.eps, "data": data_record(result.data)}
     return _write(out, "remedy", content, figures, options)
 
 
