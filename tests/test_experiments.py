@@ -222,3 +222,40 @@ def test_write_comparison_saves_the_figures_then_the_json(comparison, tmp_path):
     assert document["data"] == report.data_record(comparison.data)
     assert [run["max_abs_param_diff_vs_adagrad"] for run in document["runs"]] == comparison.diffs
     assert all(path.stat().st_size > 0 for path in paths)
+
+
+# -- bad arguments: a clear error before any training ----------------------------------------
+
+BAD_ARGUMENTS = [
+    (compare, {"lr": 0}, ValueError, "lr must be > 0.0"),
+    (compare, {"lr": math.nan}, ValueError, "lr must be finite"),
+    (compare, {"lr": "0.1"}, TypeError, "lr must be a real number"),
+    (compare, {"epochs": 0}, ValueError, "epochs must be >= 1"),
+    (compare, {"epochs": 1.5}, TypeError, "epochs must be an integer"),
+    (sweep, {"lrs": []}, ValueError, "at least one learning rate"),
+    (sweep, {"lrs": [0.1, -1]}, ValueError, r"lrs\[1\] must be > 0.0"),
+    (remedy, {"gamma": 1}, ValueError, "gamma must be < 1"),
+    (remedy, {"gamma": -0.1}, ValueError, "gamma must be >= 0.0"),
+    (remedy, {"rmsprop_lr": math.inf}, ValueError, "rmsprop_lr must be finite"),
+]
+
+
+def no_training(name, total):
+    raise AssertionError(f"{name} started training")
+
+
+@pytest.mark.parametrize("experiment, kwargs, error, message", BAD_ARGUMENTS)
+def test_bad_arguments_are_refused_before_training(data, experiment, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        experiment(data, progress=no_training, **kwargs)
+
+
+@pytest.mark.parametrize("experiment", [compare, sweep, remedy])
+def test_data_must_come_from_load_data(data, experiment):
+    with pytest.raises(TypeError, match="data must be an AirfoilData"):
+        experiment((data.data_iter, 5), progress=no_training)
+
+
+def test_a_bad_trajectory_step_size():
+    with pytest.raises(ValueError, match="eta must be > 0.0"):
+        trajectory(eta=-2)

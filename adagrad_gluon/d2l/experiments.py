@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..validation import check_number, check_positive_int
 from . import chapter
 from .data import ArrayLoader, airfoil_path, get_data_ch10, sha1_of
 from .diagnostics import CHAPTER_EPS, EffectiveLRRecorder
@@ -59,6 +60,17 @@ def load_data(batch_size: int = 10, n: int = 1500,
     path = airfoil_path(data_dir)
     data_iter, feature_dim = get_data_ch10(batch_size, n, data_dir=path.parent)
     return AirfoilData(data_iter, str(path), sha1_of(path), n, feature_dim, batch_size)
+
+
+def _check_run(data: AirfoilData, epochs: int) -> int:
+    """``epochs``, checked, for a training run on ``data``."""
+    if not isinstance(data, AirfoilData):
+        raise TypeError(f"data must be an AirfoilData (see load_data), got {data!r}")
+    return check_positive_int("epochs", epochs)
+
+
+def _check_lr(name: str, value: float) -> float:
+    return check_number(name, value, strict=True)
 
 
 def _bar(progress: Progress | None, name: str, data: AirfoilData,
@@ -99,6 +111,7 @@ def compare(data: AirfoilData, lr: float = 0.1, epochs: int = 2, seed: int = 0,
     """Train the chapter's linear regression on ``data`` with the from-scratch function,
     ``adagrad_scratch`` through ``gluon.Trainer`` and MXNet's ``adagrad``: one seed (same
     initial weights, same batches) and the chapter's eps for all three."""
+    epochs, lr = _check_run(data, epochs), _check_lr("lr", lr)
     recorder = EffectiveLRRecorder()
     common = {"num_epochs": epochs, "seed": seed}
     concise = {"learning_rate": lr, "eps": CHAPTER_EPS}
@@ -141,7 +154,10 @@ def sweep(data: AirfoilData, lrs: Sequence[float] = (0.01, 0.1, 0.4, 1.0, 2.0),
           epochs: int = 2, seed: int = 0, progress: Progress | None = None) -> Sweep:
     """Train ``adagrad_scratch`` on ``data`` once per learning rate in ``lrs``, each run from
     the same ``seed``; runs are named ``lr=<lr>``."""
-    lrs = list(lrs)
+    epochs = _check_run(data, epochs)
+    lrs = [_check_lr(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
+    if not lrs:
+        raise ValueError("lrs must hold at least one learning rate")
     runs = []
     for lr in lrs:
         name = f"lr={lr:g}"
@@ -174,6 +190,10 @@ def remedy(data: AirfoilData, lr: float = 0.1, rmsprop_lr: float = 0.01, gamma: 
     """Train the chapter's from-scratch ``adagrad`` (learning rate ``lr``) and ``rmsprop``
     (``rmsprop_lr``, leak ``gamma``) on ``data`` from one seed, recording their effective
     learning rates whenever a loss is recorded."""
+    epochs = _check_run(data, epochs)
+    lr, rmsprop_lr = _check_lr("lr", lr), _check_lr("rmsprop_lr", rmsprop_lr)
+    if check_number("gamma", gamma) >= 1:
+        raise ValueError(f"gamma must be < 1 (a leaky average), got {gamma!r}")
     setups = [
         ("adagrad", chapter.adagrad, chapter.init_adagrad_states, {"lr": lr}),
         ("rmsprop", chapter.rmsprop, chapter.init_rmsprop_states,
@@ -206,5 +226,6 @@ class Trajectory:
 def trajectory(eta: float = 0.4, steps: int = 20) -> Trajectory:
     """Adagrad with learning rate ``eta`` on the chapter's ``f_2d`` for ``steps`` steps from
     ``(-5, -2)``."""
+    eta = _check_lr("eta", eta)
     path = chapter.train_2d(functools.partial(chapter.adagrad_2d, eta=eta), steps)
     return Trajectory(eta, steps, path)
