@@ -14,10 +14,11 @@ Subcommands:
     the exercise on the decaying rate: Adagrad and an RMSProp-style leaky accumulator side
     by side, with their effective learning rates.
 
-Bad arguments get a one-line error and exit code 2; a missing or corrupt data file a
-one-line error and exit code 1. To add a subcommand, write one function decorated with
-:func:`subcommand`: it receives the subparsers, adds its parser and sets ``run`` to a
-function of the parsed arguments that returns the exit code.
+The subcommands parse their options here, run :mod:`adagrad_gluon.d2l.experiments` and print
+and write with :mod:`adagrad_gluon.d2l.report`. Bad arguments get a one-line error and exit
+code 2; a missing or corrupt data file a one-line error and exit code 1. To add a subcommand,
+write one function decorated with :func:`subcommand`: it receives the subparsers, adds its
+parser and sets ``run`` to a function of the parsed arguments that returns the exit code.
 """
 
 from __future__ import annotations
