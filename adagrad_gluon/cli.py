@@ -14,6 +14,9 @@ Subcommands:
     the exercise on the decaying rate: Adagrad and an RMSProp-style leaky accumulator side
     by side, with their effective learning rates.
 
+The subcommands parse their options here, run :mod:`adagrad_gluon.d2l.experiments` and print
+and write with :mod:`adagrad_gluon.d2l.report`.
+
 Bad arguments get a one-line error and exit code 2 (numbers are checked before any work:
 learning rates, for instance, must lie in float32's normal range, as the training runs in
 float32). ``--out`` is created and checked to be writable before any work too. A run that
@@ -30,33 +33,22 @@ returns the exit code.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
-import math
 import os
-import platform
 import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import mxnet as mx
 import numpy as np
 from mxnet.base import MXNetError
 from tqdm import tqdm
 
 from . import __version__
-from .d2l import chapter, plotting
-from .d2l.data import (
-    NUM_ROWS,
-    DataFileError,
-    airfoil_path,
-    get_data_ch10,
-    sha1_of,
-)
-from .d2l.diagnostics import CHAPTER_EPS, EffectiveLRRecorder
-from .d2l.training import TrainResult, train_ch10, train_concise_ch10
+from .d2l import experiments, report
+from .d2l.data import NUM_ROWS, DataFileError
+from .d2l.experiments import max_param_diff as max_param_diff  # re-exported: 0.1's cli had it
+from .d2l.report import format_table as format_table  # re-exported: 0.1's cli had it
 from .distributed import add_launch_parser
 from .validation import (
     argument_type,
@@ -70,7 +62,6 @@ from .validation import (
 
 PROG = "adagrad-gluon"
 DEFAULT_OUT = "adagrad-gluon-out"
-REFERENCE_RUN = "adagrad"  # compare measures parameter differences against the built-in
 TRACEBACK_ENV = "ADAGRAD_GLUON_TRACEBACK"
 # What a run may fail with that is not a bug: files (DataFileError is an OSError), values that
 # MXNet, numpy or matplotlib refuse, overflows. Anything else keeps its traceback.
@@ -266,130 +257,41 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _load_data(args: argparse.Namespace):
-    """``(data_iter, feature_dim, description)`` of the airfoil data the options ask for."""
-    path = airfoil_path(args.data_dir)
-    data_iter, feature_dim = get_data_ch10(args.batch_size, args.n, data_dir=path.parent)
-    info = {"file": str(path), "sha1": sha1_of(path), "examples": args.n,
-            "feature_dim": feature_dim, "batch_size": args.batch_size}
-    return data_iter, feature_dim, info
+def _progress(args: argparse.Namespace) -> experiments.Progress:
+    """A tqdm bar on stderr per training run (disabled by ``--quiet``)."""
+    def bar(name: str, total: int) -> tqdm:
+        return tqdm(total=total, desc=f"{name:>15}", unit="batch", leave=False,
+                    disable=args.quiet)
+    return bar
 
 
-def _progress(args: argparse.Namespace, data_iter, name: str) -> tqdm:
-    return tqdm(total=args.epochs * len(data_iter), desc=f"{name:>15}", unit="batch",
-                leave=False, disable=args.quiet)
-
-
-def _json_safe(value):
-    """``value`` with every non-finite float (from a diverged run) replaced by ``None``, so
-    that it is valid JSON (``null``)."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _run_record(result: TrainResult) -> dict:
-    return {
-        "name": result.name,
-        "final_loss": result.final_loss,
-        "sec_per_epoch": result.sec_per_epoch,
-        "losses": [list(pair) for pair in result.losses],
-        "params": {name: np.asarray(value, dtype=np.float64).tolist()
-                   for name, value in result.params.items()},
-    }
-
-
-def _write_json(out: Path, name: str, command: str, args: argparse.Namespace,
-                content: dict) -> Path:
-    options = {key: str(value) if isinstance(value, Path) else value
-               for key, value in vars(args).items() if key not in ("run", "command")}
-    document = {
-        "command": command,
-        **content,
-        "options": options,
-        "versions": {"adagrad_gluon": __version__, "mxnet": mx.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-    }
-    path = out / name
-    path.write_text(json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n")
-    return path
-
-
-def _save(fig, out: Path, name: str) -> Path:
-    try:
-        return plotting.save_figure(fig, out / name)
-    except ValueError as exc:  # matplotlib refusing the data, e.g. of a diverged run
-        raise ValueError(f"cannot draw {name}: {exc}") from exc
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells):
-        return "  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
-                         for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    return "\n".join([line(headers), line("-" * w for w in widths), *map(line, rows)])
+def _options(args: argparse.Namespace) -> dict:
+    """The parsed options as the JSON documents record them."""
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items() if key not in ("run", "command")}
 
 
 def _wrote(paths: Sequence[Path]) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _on_airfoil(args: argparse.Namespace, experiment: Callable, table: Callable[..., str],
+                write: Callable[..., list[Path]]) -> int:
+    """Load the data, run ``experiment(data, progress)``, print ``table(result)`` and
+    ``write(result, out, options)`` (``main`` has created ``--out`` already)."""
+    data = experiments.load_data(args.batch_size, args.n, args.data_dir)
+    result = experiment(data, _progress(args))
+    print(table(result))
+    _wrote(write(result, args.out, _options(args)))
+    return 0
+
+
 # -- compare ---------------------------------------------------------------------------------
 
-def max_param_diff(result: TrainResult, reference: TrainResult) -> float:
-    """``max |p - p_ref|`` over every trained parameter entry."""
-    return max(float(np.max(np.abs(np.asarray(result.params[k]) - reference.params[k])))
-               for k in reference.params)
-
-
 def _compare(args: argparse.Namespace) -> int:
-    data_iter, feature_dim, data_info = _load_data(args)
-    recorder = EffectiveLRRecorder()
-    common = {"num_epochs": args.epochs, "seed": args.seed}  # one seed: same weights, batches
-    concise = {"learning_rate": args.lr, "eps": CHAPTER_EPS}
-    with _progress(args, data_iter, "scratch") as bar:
-        scratch = train_ch10(chapter.adagrad, chapter.init_adagrad_states(feature_dim),
-                             {"lr": args.lr}, data_iter, feature_dim, name="scratch",
-                             progress=bar, **common)
-    with _progress(args, data_iter, "adagrad_scratch") as bar:
-        ours = train_concise_ch10("adagrad_scratch", concise, data_iter, name="adagrad_scratch",
-                                  progress=bar, on_record=recorder, **common)
-    with _progress(args, data_iter, REFERENCE_RUN) as bar:
-        reference = train_concise_ch10("adagrad", concise, data_iter, name=REFERENCE_RUN,
-                                       progress=bar, **common)
-    results = [scratch, ours, reference]
-    diffs = [max_param_diff(r, reference) for r in results]
-
-    print(f"Adagrad on the airfoil data ({args.n} examples, batch {args.batch_size}): "
-          f"lr {args.lr:g}, eps {CHAPTER_EPS:g}, {args.epochs} epoch(s), seed {args.seed}")
-    rows = [[r.name, f"{r.final_loss:.6f}", f"{r.sec_per_epoch:.3f}",
-             "(reference)" if r is reference else f"{d:.2e}"]
-            for r, d in zip(results, diffs, strict=True)]
-    print(format_table(
-        ["run", "final loss", "sec/epoch", f"max |Δparam| vs {REFERENCE_RUN}"], rows))
-
-    losses_fig = plotting.plot_losses(
-        results, title=f"Adagrad on the airfoil data, lr {args.lr:g}: three implementations")
-    rates_fig = plotting.plot_effective_lr(
-        recorder, title=f"adagrad_scratch, lr {args.lr:g}: effective learning rates")
-    figures = [_save(losses_fig, args.out, "loss_curves.png"),
-               _save(rates_fig, args.out, "effective_lr.png")]
-    runs_json = [{**_run_record(r), f"max_abs_param_diff_vs_{REFERENCE_RUN}": d}
-                 for r, d in zip(results, diffs, strict=True)]
-    report = _write_json(args.out, "compare.json", "compare", args, {
-        "runs": runs_json, "reference": REFERENCE_RUN, "eps": CHAPTER_EPS, "data": data_info,
-        "effective_lr": {"run": "adagrad_scratch", **recorder.to_dict()},
-        "figures": [p.name for p in figures],
-    })
-    _wrote([report, *figures])
-    return 0
+    return _on_airfoil(
+        args, lambda data, bar: experiments.compare(data, args.lr, args.epochs, args.seed, bar),
+        report.comparison_table, report.write_comparison)
 
 
 @subcommand
@@ -410,12 +312,9 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 # -- trajectory ------------------------------------------------------------------------------
 
 def _trajectory(args: argparse.Namespace) -> int:
-    path = chapter.train_2d(functools.partial(chapter.adagrad_2d, eta=args.eta), args.steps)
-    print(chapter.format_2d(path))
-    fig = plotting.show_trace_2d(
-        chapter.f_2d, path,
-        title=rf"Adagrad on $f = 0.1x_1^2 + 2x_2^2$, $\eta$ = {args.eta:g}, {args.steps} steps")
-    _wrote([_save(fig, args.out, f"trajectory_eta{args.eta:g}.png")])
+    result = experiments.trajectory(args.eta, args.steps)
+    print(report.trajectory_line(result))
+    _wrote(report.write_trajectory(result, args.out))
     return 0
 
 
@@ -436,30 +335,9 @@ def _add_trajectory(subparsers: argparse._SubParsersAction) -> None:
 # -- sweep -----------------------------------------------------------------------------------
 
 def _sweep(args: argparse.Namespace) -> int:
-    data_iter, _, data_info = _load_data(args)
-    results = []
-    for lr in args.lrs:
-        name = f"lr={lr:g}"
-        with _progress(args, data_iter, name) as bar:
-            results.append(train_concise_ch10(
-                "adagrad_scratch", {"learning_rate": lr}, data_iter, args.epochs,
-                seed=args.seed, name=name, progress=bar))
-    finite = [r.final_loss if math.isfinite(r.final_loss) else math.inf for r in results]
-    best = int(np.argmin(finite))
-    print(f"adagrad_scratch on the airfoil data ({args.n} examples, batch {args.batch_size}): "
-          f"{args.epochs} epoch(s), seed {args.seed}")
-    rows = [[f"{lr:g}", f"{r.final_loss:.6f}", f"{r.sec_per_epoch:.3f}", "*" if i == best else ""]
-            for i, (lr, r) in enumerate(zip(args.lrs, results, strict=True))]
-    print(format_table(["lr", "final loss", "sec/epoch", "best"], rows))
-    figure = _save(plotting.plot_sweep(
-        results, args.lrs, title=f"adagrad_scratch on the airfoil data, {args.epochs} epoch(s)"),
-        args.out, "sweep.png")
-    report = _write_json(args.out, "sweep.json", "sweep", args, {
-        "runs": [{**_run_record(r), "lr": lr} for lr, r in zip(args.lrs, results, strict=True)],
-        "best_lr": args.lrs[best], "data": data_info, "figures": [figure.name],
-    })
-    _wrote([report, figure])
-    return 0
+    return _on_airfoil(
+        args, lambda data, bar: experiments.sweep(data, args.lrs, args.epochs, args.seed, bar),
+        report.sweep_table, report.write_sweep)
 
 
 @subcommand
@@ -477,44 +355,12 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 # -- remedy ----------------------------------------------------------------------------------
 
-def _rate_range(recorder: EffectiveLRRecorder, record: int) -> str:
-    rates = np.concatenate([series[record] for series in recorder.series().values()])
-    return f"{rates.min():.2g}..{rates.max():.2g}"
-
-
 def _remedy(args: argparse.Namespace) -> int:
-    data_iter, feature_dim, data_info = _load_data(args)
-    setups = [
-        ("adagrad", chapter.adagrad, chapter.init_adagrad_states, {"lr": args.lr}),
-        ("rmsprop", chapter.rmsprop, chapter.init_rmsprop_states,
-         {"lr": args.rmsprop_lr, "gamma": args.gamma}),
-    ]
-    results, recorders = [], []
-    for name, step, init_states, hyperparams in setups:
-        recorder = EffectiveLRRecorder(lr=hyperparams["lr"])
-        with _progress(args, data_iter, name) as bar:
-            results.append(train_ch10(
-                step, init_states(feature_dim), hyperparams, data_iter, feature_dim,
-                args.epochs, seed=args.seed, name=name, progress=bar, on_record=recorder))
-        recorders.append(recorder)
-    print(f"From scratch on the airfoil data ({args.n} examples, batch {args.batch_size}): "
-          f"{args.epochs} epoch(s), seed {args.seed}")
-    print(format_table(
-        ["run", "hyperparameters", "final loss", "first eff. lr", "last eff. lr"],
-        [[r.name, ", ".join(f"{k} {v:g}" for k, v in setup[3].items()), f"{r.final_loss:.6f}",
-          _rate_range(rec, 0), _rate_range(rec, -1)]
-         for r, rec, setup in zip(results, recorders, setups, strict=True)]))
-    figure = _save(plotting.plot_remedy(
-        results, recorders,
-        title=f"Adagrad (sum of g²) and RMSProp (leaky average of g²), {args.epochs} epochs"),
-        args.out, "remedy.png")
-    report = _write_json(args.out, "remedy.json", "remedy", args, {
-        "runs": [{**_run_record(r), "hyperparameters": setup[3], "effective_lr": rec.to_dict()}
-                 for r, rec, setup in zip(results, recorders, setups, strict=True)],
-        "eps": CHAPTER_EPS, "data": data_info, "figures": [figure.name],
-    })
-    _wrote([report, figure])
-    return 0
+    def run(data: experiments.AirfoilData, bar: experiments.Progress) -> experiments.Remedy:
+        return experiments.remedy(data, args.lr, args.rmsprop_lr, args.gamma, args.epochs,
+                                  args.seed, bar)
+
+    return _on_airfoil(args, run, report.remedy_table, report.write_remedy)
 
 
 @subcommand
