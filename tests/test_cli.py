@@ -15,6 +15,7 @@ from mxnet.base import MXNetError
 
 from adagrad_gluon import cli
 from adagrad_gluon.cli import build_parser, format_table, main
+from adagrad_gluon.d2l import experiments
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_BYTES = 150_000
@@ -350,7 +351,7 @@ def test_a_run_that_fails_gets_one_line_and_exit_code_1(monkeypatch, tmp_path, e
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "train_ch10", fail)
+    monkeypatch.setattr(experiments, "train_ch10", fail)
     code, stdout, stderr = run_main(["compare", "--out", str(tmp_path)] + SMALL)
     assert_one_line_error(code, stdout, stderr)
     assert stderr.endswith(expected)
@@ -360,14 +361,14 @@ def test_a_bug_keeps_its_traceback_and_so_does_a_run_error_on_request(monkeypatc
     def bug(*args, **kwargs):
         raise TypeError("unsupported operand type(s)")
 
-    monkeypatch.setattr(cli, "train_ch10", bug)
+    monkeypatch.setattr(experiments, "train_ch10", bug)
     with pytest.raises(TypeError, match="unsupported operand"):
         run_main(["compare", "--out", str(tmp_path)] + SMALL)
 
     def refused(*args, **kwargs):
         raise MXNetError(MXNET_MESSAGE)
 
-    monkeypatch.setattr(cli, "train_ch10", refused)
+    monkeypatch.setattr(experiments, "train_ch10", refused)
     monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
     with pytest.raises(MXNetError):
         run_main(["compare", "--out", str(tmp_path)] + SMALL)
@@ -421,9 +422,9 @@ def training_calls(monkeypatch):
         calls.append(args)
         raise RuntimeError("training started")
 
-    monkeypatch.setattr(cli, "train_ch10", record)
-    monkeypatch.setattr(cli, "train_concise_ch10", record)
-    monkeypatch.setattr(cli.chapter, "train_2d", record)
+    monkeypatch.setattr(experiments, "train_ch10", record)
+    monkeypatch.setattr(experiments, "train_concise_ch10", record)
+    monkeypatch.setattr(experiments.chapter, "train_2d", record)
     return calls
 
 
