@@ -4,7 +4,9 @@ Importing the package registers the optimizer as ``adagrad_scratch``. Nothing is
 or compiled at import.
 """
 
-from ._numpy_compat import restore_numpy_bool
+# installed as a top-level module (see _numpy_compat.py), so that the .pth hook can use it
+# without importing this package
+from _adagrad_gluon_numpy_compat import restore_numpy_bool
 
 restore_numpy_bool()  # before mxnet is imported below: mxnet 1.9.1 needs numpy.bool
 

@@ -2,11 +2,12 @@
 
 mxnet 1.9.1 uses ``numpy.bool``, an alias of the builtin ``bool`` that numpy 1.24 removed.
 Restoring the alias is the whole fix. It has to happen before ``import mxnet``, whichever of
-``mxnet`` and ``adagrad_gluon`` a program imports first, so this file is used twice:
+``mxnet`` and ``adagrad_gluon`` a program imports first. The wheel (and an editable install)
+installs this file as the top-level module ``_adagrad_gluon_numpy_compat``, not inside the
+package, so that importing it does not import the package (and mxnet). It is used twice:
 
 * ``adagrad_gluon/__init__.py`` calls :func:`restore_numpy_bool` before it imports mxnet;
-* the wheel also installs this file as the top-level module ``_adagrad_gluon_numpy_compat``,
-  and ``adagrad_gluon_numpy_compat.pth`` calls :func:`install_import_hook` at interpreter
+* ``adagrad_gluon_numpy_compat.pth`` calls :func:`install_import_hook` at interpreter
   start-up. The hook costs nothing until something imports ``mxnet``; then it restores the
   alias once and removes itself. It never imports numpy or mxnet by itself.
 

@@ -60,3 +60,36 @@ def test_import_neither_downloads_nor_compiles(tmp_path):
                  ADAGRAD_GLUON_CACHE_DIR=str(cache))
     assert result.returncode == 0, result.stderr
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_the_wheel_alone_imports_and_finds_its_data(tmp_path):
+    """What ``pip install .`` installs (not the editable checkout): the package, the numpy
+    hook module, the kernels' source and the shipped data all come from the wheel."""
+    import os
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path), str(root)], capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("adagrad_gluon-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    # the .pth hook and its module, top-level (this venv's editable install has its own copy)
+    assert (site / "adagrad_gluon_numpy_compat.pth").is_file()
+    assert (site / "_adagrad_gluon_numpy_compat.py").is_file()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "sys.path = [p for p in sys.path if p != sys.argv[2]]; "
+            "import adagrad_gluon as ag; "
+            "from adagrad_gluon.d2l import data; from adagrad_gluon import kernels; "
+            "assert ag.__file__.startswith(sys.argv[1]); "
+            "assert kernels.SOURCE.is_file() and kernels.SOURCE.is_relative_to(sys.argv[1]); "
+            "it, dim = ag.get_data_ch10(); print(data.airfoil_path(), dim, len(it))")
+    done = subprocess.run([sys.executable, "-c", code, str(site), str(root)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ADAGRAD_GLUON_CACHE_DIR": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr
+    path, dim, batches = done.stdout.split()
+    assert Path(path).is_relative_to(site) and (dim, batches) == ("5", "150")
