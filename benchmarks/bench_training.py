@@ -13,7 +13,7 @@ the full-data loss every 200 examples, as the chapter does:
 
 Runs alternate (interleaved repeats); the minimum seconds per epoch are reported, training
 only (the loss evaluations excluded, as d2l's timer does) and in total, with the ratios and the
-final losses. Needs the airfoil file (``ADAGRAD_GLUON_DATA_DIR`` or the download cache).
+final losses, on the airfoil data that ships with the package.
 
     python benchmarks/bench_training.py [--repeats 5] [--kernel auto]
 

@@ -202,6 +202,18 @@ def test_a_diverged_run_is_reported_not_a_crash(tmp_path):
     assert_png(tmp_path / "sweep.png")
 
 
+def test_a_diverged_comparison_is_reported_with_its_pictures(tmp_path):
+    code, stdout, stderr = run_main(["compare", "--lr", "1e38", "--out", str(tmp_path)] + SMALL)
+    assert code == 0, stderr
+    rows = [line.split() for line in stdout.splitlines()[3:6]]
+    assert [row[:2] for row in rows] == [["scratch", "nan"], ["adagrad_scratch", "nan"],
+                                         ["adagrad", "nan"]]
+    report = json.loads((tmp_path / "compare.json").read_text())  # strict JSON: null, not NaN
+    assert [run["final_loss"] for run in report["runs"]] == [None, None, None]
+    assert_png(tmp_path / "loss_curves.png")
+    assert_png(tmp_path / "effective_lr.png")
+
+
 def test_an_overflowing_trajectory_is_one_line_not_a_traceback(tmp_path):
     code, _, stderr = run_main(["trajectory", "--eta", "1e160", "--out", str(tmp_path)])
     assert code == 1

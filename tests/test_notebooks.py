@@ -24,7 +24,7 @@ def test_stored_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
 def test_runs_top_to_bottom_and_shows_figures(path, tmp_path, data_dir):
-    """Data from ADAGRAD_GLUON_DATA_DIR (inherited by the kernel); run in a scratch directory."""
+    """The package's shipped data; run in a scratch directory."""
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()

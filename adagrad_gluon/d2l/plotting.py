@@ -170,12 +170,14 @@ def plot_effective_lr(recorder: EffectiveLRRecorder, *, ax: Axes | None = None,
         for j in range(rates.shape[1]):
             suffix = f"[{j}]" if rates.shape[1] > 1 else ""
             ax.plot(epochs, rates[:, j], linewidth=1.6, label=f"{label}{suffix}")
-    if guide:
-        start = float(np.median(np.concatenate([r[0] for r in series.values()])))
+    start = float(np.median(np.concatenate([r[0] for r in series.values()])))
+    if guide and math.isfinite(start) and start > 0:  # a diverged run has NaN rates
         ax.plot(epochs, start * np.sqrt(epochs[0] / epochs), "k--", linewidth=1,
                 label=r"$\propto 1/\sqrt{t}$")
     _log_scale(ax, "x")
-    _log_scale(ax, "y")
+    rates = np.concatenate([r.reshape(-1) for r in series.values()])
+    if (np.isfinite(rates) & (rates > 0)).any():  # else matplotlib refuses a log axis
+        _log_scale(ax, "y")
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$\eta / \sqrt{s + \epsilon}$")
     ax.set_title(title)
