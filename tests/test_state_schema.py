@@ -11,7 +11,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, nd
+from mxnet import autograd, gluon
 
 import adagrad_gluon
 from adagrad_gluon.distributed import CheckpointError, checkpoint
