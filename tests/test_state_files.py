@@ -71,16 +71,17 @@ def _npy_header(shape, dtype="<f4"):
 def _zip(entries):
     """A zip archive written by hand, so that any field can lie: ``entries`` are dicts with
     ``name`` and ``data`` (the bytes as stored), and optionally ``method``, ``flags``,
-    ``size`` (the declared uncompressed size) and ``crc``."""
+    ``size`` (the declared uncompressed size), ``crc`` and ``version`` (needed to extract)."""
     out, central = io.BytesIO(), io.BytesIO()
     for entry in entries:
         name, data = entry["name"].encode(), entry["data"]
         method, flags = entry.get("method", zipfile.ZIP_STORED), entry.get("flags", 0)
         size, crc = entry.get("size", len(data)), entry.get("crc", zlib.crc32(data))
-        offset = out.tell()
-        out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21,
+        version, offset = entry.get("version", 20), out.tell()
+        out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", version, flags, method, 0, 0x21,
                               crc, len(data), size, len(name), 0) + name + data)
-        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, method, 0, 0x21,
+        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, version, flags, method, 0,
+                                  0x21,
                                   crc, len(data), size, len(name), 0, 0, 0, 0, 0, offset)
                       + name)
     start, count = out.tell(), len(entries)
@@ -220,6 +221,16 @@ MALFORMED = {
     "encrypted member": (
         lambda p: _replace(p, "acc/0.npy", flags=1),
         OSError, "'acc/0' is encrypted"),
+    # zipfile raises NotImplementedError for these (found by the Hypothesis test below)
+    "compressed patched data": (
+        lambda p: _replace(p, "acc/0.npy", flags=0x20),
+        OSError, "'acc/0' uses zip features this reader does not support"),
+    "strong encryption": (
+        lambda p: _replace(p, "meta.npy", flags=0x40),
+        OSError, "'meta' uses zip features this reader does not support"),
+    "a newer zip version": (
+        lambda p: _replace(p, "acc/0.npy", version=64),
+        OSError, "not a readable adagrad_gluon state file: zip file version 6.4"),
     "wrong CRC": (
         lambda p: _replace(p, "acc/0.npy", crc=1234),
         OSError, "acc/0: Bad CRC-32"),

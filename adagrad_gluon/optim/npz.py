@@ -53,6 +53,10 @@ def _open_regular_file(path: Path, what: str) -> io.BufferedReader:
     return os.fdopen(fd, "rb")
 
 
+# zip flag bits zipfile cannot read: compressed patched data (5), strong encryption (6)
+_UNSUPPORTED_FLAGS = 0x20 | 0x40
+
+
 class NpzReader:
     """A ``.npz`` file read within limits: no file makes the reader exhaust memory, hang, or
     fail with anything but ``OSError`` / ``ValueError`` naming the file. Use it as a context
@@ -76,7 +80,7 @@ class NpzReader:
         self._file = _open_regular_file(self.path, what)
         try:
             self._archive = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
             self._file.close()
             raise self._unreadable(exc) from exc
         try:
@@ -108,6 +112,9 @@ class NpzReader:
                 raise self._unreadable(f"it holds {name!r} twice")
             if info.flag_bits & 1:
                 raise self._unreadable(f"{name!r} is encrypted")
+            if info.flag_bits & _UNSUPPORTED_FLAGS:
+                raise self._unreadable(f"{name!r} uses zip features this reader does not "
+                                       f"support (flag bits {info.flag_bits:#x})")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise self._unreadable(f"{name!r} uses compression method {info.compress_type}"
                                        f" (only stored and deflated members are read)")
@@ -136,7 +143,8 @@ class NpzReader:
                 return self._read_array(name, member, info.file_size, stream)
         except StateFileError:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # corrupt, truncated
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
+                NotImplementedError) as exc:  # corrupt, truncated, or features zipfile lacks
             raise self._unreadable(f"{name}: {exc}") from exc
 
     def _read_header(self, name: str, stream) -> tuple[tuple[int, ...], bool, np.dtype, int]:
