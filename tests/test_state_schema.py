@@ -172,3 +172,20 @@ def test_only_the_gluon_module_touches_mxnet_internals():
                  if PRIVATE.search(line.split("#")[0]) and '"""' not in line
                  and "``" not in line]
     assert not offenders, "\n".join(offenders)
+
+
+def test_a_file_sets_only_the_scheduler_attributes_it_already_has(tmp_path):
+    path = tmp_path / "states.npz"
+    options = {"lr_scheduler": mx.lr_scheduler.FactorScheduler(step=1, factor=0.5)}
+    state.save_states(_trainer(step=False, **options), path)
+    with np.load(path) as npz:
+        meta = json.loads(str(npz["meta"]))
+        arrays = {k: npz[k] for k in npz.files if k != "meta"}
+    meta["scheduler"]["attributes"].update(count=7, planted=1, _private=2, base_lr=[1])
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    resumed = _trainer(step=False, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1,
+                                                                                 factor=0.5))
+    state.load_states(resumed, path)
+    scheduler = resumed._optimizer.lr_scheduler
+    assert scheduler.count == 7 and scheduler.base_lr == 0.1
+    assert not hasattr(scheduler, "planted") and not hasattr(scheduler, "_private")

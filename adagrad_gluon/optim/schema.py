@@ -20,7 +20,7 @@ READABLE_VERSIONS = (1, 2)
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
                 "weight_decay_mode", "maximize", "multi_precision")
 WEIGHT_DTYPES = ("float16", "float32", "float64")
-_SCALARS = (bool, int, float, str, type(None))
+SCALARS = (bool, int, float, str, type(None))
 
 
 def optimizer_options(optimizer) -> dict[str, object]:
@@ -37,7 +37,7 @@ def class_path(obj) -> str:
 def scalar_attributes(obj) -> dict:
     """``obj``'s public attributes that JSON can hold (e.g. an ``lr_scheduler``'s state)."""
     return {k: v for k, v in sorted(vars(obj).items())
-            if not k.startswith("_") and isinstance(v, _SCALARS)}
+            if not k.startswith("_") and isinstance(v, SCALARS)}
 
 
 def check_count(source: str, value) -> int:

@@ -51,6 +51,7 @@ from .npz import Member, NpzReader, StateFileError, check_state_array, parse_jso
 from .schema import (
     FORMAT,
     OPTION_NAMES,
+    SCALARS,
     VERSION,
     Entry,
     check_count,
@@ -182,10 +183,12 @@ def check_resumable(saved: SavedStates, optimizer, *, check_options: bool = True
     if saved.optimizer is not None and saved.optimizer != class_path(optimizer):
         raise ValueError(f"{saved.path} holds the states of a {saved.optimizer}, not of the "
                          f"{class_path(optimizer)} being trained")
+    if not check_options:
+        return
     current = optimizer_options(optimizer)
     differ = {k: (saved.options.get(k), current[k]) for k in OPTION_NAMES
               if saved.options.get(k) != current[k]}
-    if differ and check_options:
+    if differ:
         listing = ", ".join(f"{k}: saved {a!r:.80}, trainer {b!r}"
                             for k, (a, b) in differ.items())
         raise ValueError(f"{saved.path} was saved under other optimizer options ({listing}); "
@@ -194,11 +197,15 @@ def check_resumable(saved: SavedStates, optimizer, *, check_options: bool = True
 
 def restore_scheduler(optimizer, saved: SavedStates) -> None:
     """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
-    class (another class starts its own schedule)."""
+    class (another class starts its own schedule): its public scalar attributes (those it
+    has; nothing else is set) take the saved values."""
     scheduler = optimizer.lr_scheduler
-    if saved.scheduler is not None and scheduler is not None \
-            and saved.scheduler["class"] == class_path(scheduler):
-        for name, value in saved.scheduler["attributes"].items():
+    if saved.scheduler is None or scheduler is None \
+            or saved.scheduler["class"] != class_path(scheduler):
+        return
+    current = scalar_attributes(scheduler)
+    for name, value in saved.scheduler["attributes"].items():
+        if name in current and isinstance(value, SCALARS):
             setattr(scheduler, name, value)
 
 
