@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import re
@@ -37,6 +38,7 @@ from adagrad_gluon.distributed import (
     protocol,
     role_environment,
 )
+from adagrad_gluon.optim.state import VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "distributed_airfoil.py"
@@ -257,11 +259,25 @@ def test_states_file_refuses_other_optimizers_and_options(tmp_path):
     path = tmp_path / "states.npz"
     checkpoint.write_states(path, _updater(learning_rate=0.1))
     saved = checkpoint.read_states(path)
-    with pytest.raises(ValueError, match="learning_rate|lr: saved 0.1, now 0.2"):
-        checkpoint.check_compatible(saved, AdagradScratch(learning_rate=0.2))
-    checkpoint.check_compatible(saved, AdagradScratch(learning_rate=0.2), check_options=False)
+    with pytest.raises(ValueError, match="eps: saved 1e-06, trainer 1e-05"):
+        checkpoint.check_compatible(saved, AdagradScratch(learning_rate=0.1, eps=1e-5))
+    checkpoint.check_compatible(saved, AdagradScratch(learning_rate=0.1, eps=1e-5),
+                                check_options=False)
     with pytest.raises(ValueError, match="not of the mxnet.optimizer.optimizer.SGD"):
         checkpoint.check_compatible(saved, mx.optimizer.SGD(learning_rate=0.1))
+
+
+def test_states_file_resumes_with_another_learning_rate(tmp_path):
+    """One rule for trainer files and checkpoints: the numerics options must match, the
+    learning rate, wd and rescale_grad may change on resume (and are not saved)."""
+    path = tmp_path / "states.npz"
+    checkpoint.write_states(path, _updater(learning_rate=0.1))
+    saved = checkpoint.read_states(path)
+    checkpoint.check_compatible(saved, AdagradScratch(learning_rate=0.2, wd=0.01,
+                                                      rescale_grad=0.5))
+    fresh = mx.optimizer.get_updater(AdagradScratch(learning_rate=0.2))
+    checkpoint.restore_states(fresh, saved)
+    assert fresh.optimizer.lr == 0.2 and fresh.optimizer.num_update == 2
 
 
 def test_states_file_errors_name_the_file(tmp_path):
@@ -279,12 +295,13 @@ def test_states_file_errors_name_the_file(tmp_path):
     checkpoint.write_states(newer, _updater())
     with np.load(newer) as z:
         fields = {k: z[k] for k in z.files}
-    np.savez(newer, **{**fields, "version": np.array(checkpoint.VERSION + 1)})
+    meta = json.loads(str(fields["meta"]))
+    np.savez(newer, **{**fields, "meta": np.array(json.dumps({**meta, "version": VERSION + 1}))})
     with pytest.raises(CheckpointError, match="format version"):
         checkpoint.read_states(newer)
     for bad, match in ((-1.0, "holds negative values"), (np.nan, "holds NaN")):
-        np.savez(newer, **{**fields, "state_1_0": np.full((2, 2), bad, np.float32)})
-        with pytest.raises(CheckpointError, match=f"newer.npz: state 1.0 {match}"):
+        np.savez(newer, **{**fields, "acc/1": np.full((2, 2), bad, np.float32)})
+        with pytest.raises(CheckpointError, match=f"newer.npz: acc/1 {match}"):
             checkpoint.read_states(newer)
 
 

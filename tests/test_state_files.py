@@ -184,7 +184,7 @@ def test_a_2mb_zip_bomb_is_refused_without_inflating_it(tmp_path, kind):
         name = "acc/0.npy"
     else:
         checkpoint.write_states(like, _trainer()._updaters[0])
-        name = "state_0_0.npy"
+        name = "acc/0.npy"
     bomb = _bomb(tmp_path / "bomb.npz", name, like)
     outcome = _load_in_subprocess(kind, bomb)
     error = outcome["error"]
@@ -335,28 +335,38 @@ def states_file(tmp_path):
     return path
 
 
+def _with_checkpoint_meta(path, change):
+    meta = _meta(path)
+    change(meta)
+    _with_meta(path, json.dumps(meta))
+
+
+# the same damage as to a state file, to a checkpoint (one schema: the same members)
 CHECKPOINT_MALFORMED = {
     "bad deflate stream": (
-        lambda p: _replace(p, "state_0_0.npy", method=zipfile.ZIP_DEFLATED,
-                           data=b"\xff" * 40, size=140, crc=0), "state_0_0"),
-    "encrypted member": (lambda p: _replace(p, "keys.npy", flags=1), "'keys' is encrypted"),
+        lambda p: _replace(p, "acc/0.npy", method=zipfile.ZIP_DEFLATED,
+                           data=b"\xff" * 40, size=140, crc=0), "acc/0"),
+    "encrypted member": (lambda p: _replace(p, "meta.npy", flags=1), "'meta' is encrypted"),
     "unsupported compression method": (
-        lambda p: _replace(p, "keys.npy", method=14), "compression method 14"),
+        lambda p: _replace(p, "meta.npy", method=14), "compression method 14"),
     "huge declared shape": (
-        lambda p: _replace(p, "state_0_0.npy", data=_npy_header((10**12,)) + b"\0" * 12),
+        lambda p: _replace(p, "acc/0.npy", data=_npy_header((10**12,)) + b"\0" * 12),
+        r"acc/0 has shape \(1000000000000,\), expected \(3,\)"),
+    "huge declared shape in meta and array": (
+        lambda p: (_with_checkpoint_meta(p, lambda m: m["params"][0].update(shape=[10**12])),
+                   _replace(p, "acc/0.npy", data=_npy_header((10**12,)) + b"\0" * 12)),
         r"declares shape \(1000000000000,\)"),
-    "deeply nested JSON in options": (
-        lambda p: _replace(p, "options.npy", data=_npy(np.array("[" * 5000 + "]" * 5000))),
-        "options is not readable JSON"),
+    "deeply nested JSON in meta": (
+        lambda p: _with_meta(p, "[" * 5000 + "]" * 5000), "'meta' entry is not readable JSON"),
     "options as a list": (
-        lambda p: _replace(p, "options.npy", data=_npy(np.array("[]"))),
-        "options must be a JSON object"),
+        lambda p: _with_checkpoint_meta(p, lambda m: m.update(options=[])),
+        "'options' must be a dict"),
     "scheduler as a number": (
-        lambda p: _replace(p, "scheduler.npy", data=_npy(np.array("7"))),
-        "options must be a JSON object and scheduler null or an object"),
+        lambda p: _with_checkpoint_meta(p, lambda m: m.update(scheduler=7)),
+        "'scheduler' must be null or an object with a class and attributes"),
     "keys as floats": (
-        lambda p: _replace(p, "keys.npy", data=_npy(np.zeros(2))),
-        "keys has dtype float64, expected integer or unsigned integer"),
+        lambda p: _with_checkpoint_meta(p, lambda m: m["params"][0].update(index=0.0)),
+        "a parameter entry must have index"),
     "an unexpected array": (
         lambda p: p.write_bytes(_zip([{"name": n, "data": d} for n, d in
                                       [*_members(p).items(), ("extra.npy", _npy([1.0]))]])),

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import gluon, nd
 
-from ..optim.state import trainer_updaters
+from ..optim._gluon import trainer_updaters
 from ..validation import check_number
 
 CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop

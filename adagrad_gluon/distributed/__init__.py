@@ -15,13 +15,12 @@ loop swallows. Nothing here starts a process or connects anywhere at import.
 from .checkpoint import CheckpointError
 from .command import add_launch_parser
 from .environment import kvstore_type, role_environment
+from .exits import drain_at_exit, exit_on_uncaught_exception
 from .launcher import LaunchError, launch
 from .worker import (
     DistTrainer,
     check_optimizer_for_servers,
     create_kvstore,
-    drain_at_exit,
-    exit_on_uncaught_exception,
     prepare_trainer,
 )
 

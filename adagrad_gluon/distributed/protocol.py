@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import pickletools
 
+from ..optim._gluon import send_to_servers
+
 CONTROLLER_COMMAND = 0  # mxnet's kController: the only command id forwarded to Python
 PREFIX = "adagrad_gluon.command "
 SAVE_STATES = "save_states"
@@ -44,7 +46,7 @@ def decode_command(body: bytes) -> dict | None:
 
 def send_command(kvstore, op: str, **fields) -> None:
     """Send a command to every server of ``kvstore``; returns once all have handled it."""
-    kvstore._send_command_to_servers(CONTROLLER_COMMAND, encode_command(op, **fields))
+    send_to_servers(kvstore, CONTROLLER_COMMAND, encode_command(op, **fields))
 
 
 def pickle_globals(data: bytes) -> list[str]:

@@ -26,6 +26,7 @@ from typing import NoReturn
 import mxnet as mx
 from mxnet.kvstore.kvstore_server import KVStoreServer
 
+from ..optim._gluon import set_server_updater
 from . import checkpoint, protocol
 from .environment import num_servers
 
@@ -74,7 +75,7 @@ class Controller:
                      f"{checkpoint.optimizer_options(optimizer)}")
         self._optimizer_bytes = data
         self.updater = mx.optimizer.get_updater(optimizer)
-        self.kvstore._set_updater(self.update)
+        set_server_updater(self.kvstore, self.update)
 
     def update(self, key, grad: mx.nd.NDArray, weight: mx.nd.NDArray) -> None:
         """Apply the optimizer to the weight the server stores for ``key``."""

@@ -31,25 +31,25 @@ What it fixes, in MXNet 1.9.1 (measured):
   ``update_on_kvstore=True`` (the states live on the servers); :meth:`DistTrainer.save_states`
   asks the servers to write them, and :meth:`DistTrainer.load_states` to read them back.
 
-This module relies on ``gluon.Trainer`` internals of MXNet 1.9.1 (``_kvstore_params``,
-``_init_kvstore``, ``_init_params``, ``_optimizer``, ``_scale``, ``_updaters``).
+The ``gluon.Trainer`` internals of MXNet 1.9.1 this needs are reached through
+:mod:`adagrad_gluon.optim._gluon`.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import pickle
-import sys
 import uuid
 from pathlib import Path
 
 import mxnet as mx
 from mxnet import gluon, nd
 
+from ..optim import _gluon
 from ..validation import check_positive_int
 from . import checkpoint, protocol
 from .environment import check_worker_environment, kvstore_type, num_servers
+from .exits import drain_at_exit, exit_on_uncaught_exception
 
 
 class DistTrainer:
@@ -67,7 +67,7 @@ class DistTrainer:
         self.rank: int = kvstore.rank
         self.num_workers: int = kvstore.num_workers
         self.sync: bool = "async" not in kvstore.type
-        self.update_on_kvstore: bool = bool(trainer._update_on_kvstore)
+        self.update_on_kvstore: bool = _gluon.updates_on_kvstore(trainer)
 
     def step(self, batch_size: int | None = None, ignore_stale_grad: bool = False) -> None:
         """One update from this worker's gradients of a local batch of ``batch_size`` examples
@@ -99,15 +99,15 @@ class DistTrainer:
         """
         directory = Path(os.path.abspath(directory))
         nd.waitall()
-        self.kvstore._barrier()
+        _gluon.barrier(self.kvstore)
         if self.rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
             if self.update_on_kvstore:
                 self._save_on_servers(directory)
             else:
                 checkpoint.write_states(checkpoint.worker_file(directory),
-                                        self.trainer._updaters[0])
-        self.kvstore._barrier()
+                                        _gluon.local_updaters(self.trainer)[0])
+        _gluon.barrier(self.kvstore)
 
     def _save_on_servers(self, directory: Path) -> None:
         token = uuid.uuid4().hex
@@ -137,8 +137,8 @@ class DistTrainer:
         """
         directory = Path(os.path.abspath(directory))
         nd.waitall()
-        self.kvstore._barrier()
-        optimizer = self.trainer._optimizer
+        _gluon.barrier(self.kvstore)
+        optimizer = _gluon.optimizer_of(self.trainer)
         if self.update_on_kvstore:
             if self.rank == 0:
                 for saved in _read_server_files(directory):
@@ -148,9 +148,9 @@ class DistTrainer:
         else:
             saved = checkpoint.read_states(checkpoint.worker_file(directory))
             checkpoint.check_compatible(saved, optimizer, check_options=check_options)
-            for updater in self.trainer._updaters:
+            for updater in _gluon.local_updaters(self.trainer):
                 checkpoint.restore_states(updater, saved)
-        self.kvstore._barrier()
+        _gluon.barrier(self.kvstore)
 
 
 def _read_server_files(directory: Path) -> list[checkpoint.SavedStates]:
@@ -197,40 +197,6 @@ def check_optimizer_for_servers(optimizer: mx.optimizer.Optimizer) -> list[str]:
     return needs
 
 
-def exit_on_uncaught_exception() -> None:
-    """From now on, an uncaught exception prints its traceback and ends this process with
-    status 1 right away (``os._exit``: no ``atexit`` handlers, no kvstore shutdown barrier, in
-    which a failed worker would wait forever). Idempotent."""
-    previous = sys.excepthook
-    if getattr(previous, "exits_at_once", False):
-        return
-
-    def print_and_exit(exc_type, exc, tb):
-        previous(exc_type, exc, tb)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
-
-    print_and_exit.exits_at_once = True
-    sys.excepthook = print_and_exit
-
-
-_DRAINS_AT_EXIT = False
-
-
-def drain_at_exit() -> None:
-    """From now on, this process waits for every queued MXNet operation (``nd.waitall()``)
-    when it exits normally, before MXNet's own ``atexit`` handler stops its engine, which
-    would drop them: a worker's last kvstore pushes then reach the servers. Idempotent.
-
-    No barrier is added: the kvstore's destructor, which runs after, passes MXNet's exit
-    barrier, and a second one would deadlock with a worker that did not register it."""
-    global _DRAINS_AT_EXIT
-    if not _DRAINS_AT_EXIT:
-        atexit.register(nd.waitall)  # atexit runs last-in first-out: before mxnet's handler
-        _DRAINS_AT_EXIT = True
-
-
 def create_kvstore(name: str | None = None) -> mx.kvstore.KVStore:
     """Connect this worker to the job: ``mx.kv.create(name)``, ``name`` defaulting to
     :func:`~adagrad_gluon.distributed.environment.kvstore_type` (the launcher's ``--sync`` or
@@ -248,7 +214,7 @@ def create_kvstore(name: str | None = None) -> mx.kvstore.KVStore:
 
 def _kvstore_type(trainer: gluon.Trainer) -> str:
     """The type of the trainer's kvstore, which must be a dist one."""
-    kvstore = trainer._kvstore_params["kvstore"]
+    kvstore = _gluon.kvstore_setting(trainer, "kvstore")
     kvstore_type = kvstore.type if isinstance(kvstore, mx.kvstore.KVStore) else kvstore
     if not isinstance(kvstore_type, str) or "dist" not in kvstore_type:
         raise ValueError(
@@ -260,20 +226,20 @@ def _kvstore_type(trainer: gluon.Trainer) -> str:
 
 def _updates_on_kvstore(trainer: gluon.Trainer, kvstore_type: str) -> bool:
     """Whether ``Trainer._init_kvstore`` will send the optimizer to the servers."""
-    config = trainer._kvstore_params["update_on_kvstore"]
+    config = _gluon.kvstore_setting(trainer, "update_on_kvstore")
     if config is not None:
         return bool(config)
-    if "async" in kvstore_type or trainer._contains_sparse_weight or trainer._contains_sparse_grad:
+    if "async" in kvstore_type or _gluon.has_sparse_parameters(trainer):
         return True
     return bool(int(os.environ.get("MXNET_UPDATE_ON_KVSTORE", "1")))
 
 
 def _connect(trainer: gluon.Trainer) -> mx.kvstore.KVStore:
     """The trainer's dist kvstore, created (and connected) here if it was given by name."""
-    kvstore = trainer._kvstore_params["kvstore"]
+    kvstore = _gluon.kvstore_setting(trainer, "kvstore")
     if isinstance(kvstore, str):
         kvstore = create_kvstore(kvstore)
-        trainer._kvstore_params["kvstore"] = kvstore
+        _gluon.set_kvstore(trainer, kvstore)
     exit_on_uncaught_exception()
     drain_at_exit()
     return kvstore
@@ -296,23 +262,22 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
     if not isinstance(trainer, gluon.Trainer):
         raise TypeError(f"trainer must be a gluon.Trainer, got {type(trainer).__name__}")
     batch_size = check_positive_int("batch_size", batch_size)
-    if trainer._kv_initialized:
+    if _gluon.kvstore_initialized(trainer):
         raise ValueError("trainer: call prepare_trainer before the trainer's first step")
-    for param in trainer._params:
-        if param._data is None:
-            state = "has no shape yet" if param._deferred_init else "is not initialized"
+    for param in _gluon.trainer_params(trainer):
+        state = _gluon.parameter_problem(param)
+        if state is not None:
             raise ValueError(
                 f"trainer: parameter {param.name} {state}; initialize every parameter with "
                 f"known shapes (e.g. in_units=) before prepare_trainer"
             )
     kvstore_type = _kvstore_type(trainer)
     if _updates_on_kvstore(trainer, kvstore_type):
-        check_optimizer_for_servers(trainer._optimizer)
+        check_optimizer_for_servers(_gluon.optimizer_of(trainer))
     kvstore = _connect(trainer)
-    trainer._optimizer.rescale_grad = trainer._scale / _step_batch_size(
+    _gluon.optimizer_of(trainer).rescale_grad = _gluon.gradient_scale(trainer) / _step_batch_size(
         batch_size, kvstore.num_workers, "async" not in kvstore_type)
-    trainer._init_kvstore()
-    trainer._init_params()
+    _gluon.initialize_kvstore(trainer)
     nd.waitall()
-    kvstore._barrier()
+    _gluon.barrier(kvstore)
     return DistTrainer(trainer, kvstore, batch_size)
