@@ -69,6 +69,48 @@ def global_batches(num_rows: int, global_batch: int, epoch: int, seed: int) -> l
             for start in range(0, num_rows - global_batch + 1, global_batch)]
 
 
+def setup(args: argparse.Namespace, net: gluon.Block):
+    """``(rank, num_workers, trainer, step)`` for the mode the options ask for; ``step()``
+    applies one update from this process's gradients."""
+    hyperparams = {"learning_rate": args.lr}
+    if args.single:
+        trainer = gluon.Trainer(net.collect_params(), OPTIMIZER, hyperparams)
+        if args.resume:
+            trainer.load_states(str(args.resume / "trainer.states"))
+        # the gradient is summed over the global batch
+        return 0, args.workers, trainer, lambda: trainer.step(args.batch_size * args.workers)
+    if args.horovod:
+        import horovod.mxnet as hvd
+
+        hvd.init()
+        hvd.broadcast_parameters(net.collect_params(), root_rank=0)
+        trainer = hvd.DistributedTrainer(net.collect_params(), OPTIMIZER, hyperparams)
+        # horovod averages the gradients over the workers
+        return hvd.rank(), hvd.size(), trainer, lambda: trainer.step(args.batch_size)
+    kvstore = create_kvstore()
+    trainer = prepare_trainer(
+        gluon.Trainer(net.collect_params(), OPTIMIZER, hyperparams, kvstore=kvstore,
+                      update_on_kvstore=args.update_on_kvstore),
+        args.batch_size,
+    )
+    if args.resume:
+        trainer.load_states(args.resume)
+    return kvstore.rank, kvstore.num_workers, trainer, trainer.step
+
+
+def save(args: argparse.Namespace, net: gluon.Block, trainer, rank: int) -> None:
+    """Checkpoint the run (``--save``): worker 0 the weights and progress, every process the
+    optimizer states (the servers write theirs)."""
+    if rank == 0:
+        args.save.mkdir(parents=True, exist_ok=True)
+        net.save_parameters(str(args.save / "model.params"))
+        (args.save / "progress.json").write_text(json.dumps({"epoch": args.epochs}))
+    if args.single:
+        trainer.save_states(str(args.save / "trainer.states"))
+    elif not args.horovod:
+        trainer.save_states(args.save)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     loader, feature_dim = get_data_ch10(batch_size=args.batch_size)
@@ -81,37 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         net.load_parameters(str(args.resume / "model.params"))
         start_epoch = json.loads((args.resume / "progress.json").read_text())["epoch"]
-    hyperparams = {"learning_rate": args.lr}
-
-    if args.single:
-        rank, num_workers = 0, args.workers
-        trainer = gluon.Trainer(net.collect_params(), OPTIMIZER, hyperparams)
-        if args.resume:
-            trainer.load_states(str(args.resume / "trainer.states"))
-
-        def step():  # the gradient is summed over the global batch
-            trainer.step(args.batch_size * num_workers)
-    elif args.horovod:
-        import horovod.mxnet as hvd
-
-        hvd.init()
-        rank, num_workers = hvd.rank(), hvd.size()
-        hvd.broadcast_parameters(net.collect_params(), root_rank=0)
-        trainer = hvd.DistributedTrainer(net.collect_params(), OPTIMIZER, hyperparams)
-
-        def step():  # horovod averages the gradients over the workers
-            trainer.step(args.batch_size)
-    else:
-        kvstore = create_kvstore()
-        rank, num_workers = kvstore.rank, kvstore.num_workers
-        trainer = prepare_trainer(
-            gluon.Trainer(net.collect_params(), OPTIMIZER, hyperparams, kvstore=kvstore,
-                          update_on_kvstore=args.update_on_kvstore),
-            args.batch_size,
-        )
-        if args.resume:
-            trainer.load_states(args.resume)
-        step = trainer.step
+    rank, num_workers, trainer, step = setup(args, net)
 
     size = args.batch_size
     mine = slice(None) if args.single else slice(rank * size, (rank + 1) * size)
@@ -127,14 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"epoch {epoch + 1}, loss {evaluate_loss(net, loader):.6f}", flush=True)
 
     if args.save:
-        if rank == 0:
-            args.save.mkdir(parents=True, exist_ok=True)
-            net.save_parameters(str(args.save / "model.params"))
-            (args.save / "progress.json").write_text(json.dumps({"epoch": args.epochs}))
-        if args.single:
-            trainer.save_states(str(args.save / "trainer.states"))
-        elif not args.horovod:
-            trainer.save_states(args.save)
+        save(args, net, trainer, rank)
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         name = "single.npz" if args.single else f"worker-{rank}.npz"
