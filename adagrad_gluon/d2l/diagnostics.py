@@ -3,7 +3,10 @@
 Adagrad scales the global rate ``lr`` per coordinate by the accumulated squared gradients::
 
     s = s + g * g
-    effective_lr = lr / sqrt(s + eps)        # the step is  w -= effective_lr * g
+    effective_lr = lr / sqrt(s + eps)        # the step is  w -= effective_lr * g  (default)
+    effective_lr = lr / (sqrt(s) + eps)      # with eps_placement='outside' (PyTorch, MXNet 2)
+
+(the divisor is :func:`adagrad_gluon.optim.functional.denominator`).
 
 ``s`` only grows, so every effective rate only shrinks (like ``1 / sqrt(t)`` when gradients
 are stationary): the chapter's warning that the rate may decay too fast. These helpers read
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import gluon, nd
 
+from ..optim.functional import denominator
 from ..optim.state import trainer_updaters
 from ..validation import check_number
 
@@ -30,9 +34,10 @@ CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop
 def effective_learning_rates(trainer: gluon.Trainer) -> dict[str, np.ndarray]:
     """Every coordinate's current Adagrad step size, by parameter name.
 
-    For each parameter of ``trainer`` that gets updates, ``lr / sqrt(s + eps)`` (see
-    :meth:`AdagradScratch.effective_lr`, which also applies ``lr_mult``, the scheduler and
-    ``eps_placement``), as a numpy array of the parameter's shape. ``s`` is the accumulator
+    For each parameter of ``trainer`` that gets updates, ``lr / sqrt(s + eps)``, or
+    ``lr / (sqrt(s) + eps)`` under ``eps_placement='outside'`` (see
+    :meth:`AdagradScratch.effective_lr`, which also applies ``lr_mult`` and the scheduler),
+    as a numpy array of the parameter's shape. ``s`` is the accumulator
     the trainer keeps; before the first step it is the initial one (zeros by default).
 
     Raises ``TypeError`` unless ``trainer`` is a ``gluon.Trainer`` whose optimizer is
@@ -66,7 +71,7 @@ def accumulator_learning_rates(
     if len(names) != len(states):
         raise ValueError(f"names has {len(names)} entries for {len(states)} states")
     return {
-        name: (lr / np.sqrt(s.asnumpy().astype(np.float64) + eps)).reshape(s.shape)
+        name: (lr / denominator(s.asnumpy().astype(np.float64), eps)).reshape(s.shape)
         for name, s in zip(names, states, strict=True)
     }
 
