@@ -33,22 +33,17 @@ from ..validation import check_choice, check_count, check_flag, check_number
 EPS_PLACEMENTS = ("inside", "outside")
 WEIGHT_DECAY_MODES = ("step", "l2", "decoupled")
 
-PRESETS: dict[str, dict[str, object]] = {
-    "d2l": dict(eps=1e-6, eps_placement="inside", initial_accumulator_value=0.0,
-                weight_decay_mode="step"),
-    "mxnet1": dict(eps=1e-7, eps_placement="inside", initial_accumulator_value=0.0,
-                   weight_decay_mode="step"),
-    "mxnet2": dict(eps=1e-6, eps_placement="outside", initial_accumulator_value=0.0,
-                   weight_decay_mode="l2"),
-    "pytorch": dict(eps=1e-10, eps_placement="outside", initial_accumulator_value=0.0,
-                    weight_decay_mode="l2"),
-    "keras": dict(eps=1e-7, eps_placement="inside", initial_accumulator_value=0.1,
-                  weight_decay_mode="decoupled"),
-    "optax": dict(eps=1e-7, eps_placement="inside", initial_accumulator_value=0.1,
-                  weight_decay_mode="l2"),
-}
-
 PRESET_FIELDS = ("eps", "eps_placement", "initial_accumulator_value", "weight_decay_mode")
+# the table above, one row per preset: its name, then the PRESET_FIELDS
+PRESETS: dict[str, dict[str, object]] = {name: dict(zip(PRESET_FIELDS, row, strict=True))
+                                         for name, *row in (
+    ("d2l", 1e-6, "inside", 0.0, "step"),
+    ("mxnet1", 1e-7, "inside", 0.0, "step"),
+    ("mxnet2", 1e-6, "outside", 0.0, "l2"),
+    ("pytorch", 1e-10, "outside", 0.0, "l2"),
+    ("keras", 1e-7, "inside", 0.1, "decoupled"),
+    ("optax", 1e-7, "inside", 0.1, "l2"),
+)}
 
 # PyTorch's argument names, accepted with compat='pytorch': theirs -> ours
 PYTORCH_NAMES = {"lr": "learning_rate", "weight_decay": "wd"}
