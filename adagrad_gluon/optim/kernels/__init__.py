@@ -239,14 +239,20 @@ def _attrs(options: AdagradOptions, multi_precision: bool) -> dict[str, str]:
     return {key: value for key, value in attrs.items() if _DEFAULT_ATTRS.get(key) != value}
 
 
-def supports(step: Step) -> bool:
-    """Whether the kernels take this step's dtypes: a float32 or float16 weight with a float32
-    accumulator (and, for float16, a float32 master), or float64 with float64: what
-    ``AdagradScratch`` creates (its checks make sure of the accumulator's dtype)."""
-    if step.master is not None:
-        return step.weight.dtype == np.float16 and \
-            step.acc.dtype == step.master.dtype == np.float32
-    return step.acc.dtype == (np.float64 if step.weight.dtype == np.float64 else np.float32)
+def supports(weight: nd.NDArray, acc: nd.NDArray, master: nd.NDArray | None) -> bool:
+    """Whether the kernels take these dtypes: a float32 or float16 weight with a float32
+    accumulator (and float32 master), or float64 with float64: what ``AdagradScratch``
+    creates."""
+    if master is not None:
+        return weight.dtype == np.float16 and acc.dtype == master.dtype == np.float32
+    return acc.dtype == (np.float64 if weight.dtype == np.float64 else np.float32)
+
+
+def _arrays(step: Step) -> tuple[nd.NDArray, ...]:
+    """The operators' inputs of one step: weight, grad, acc[, master]."""
+    if step.master is None:
+        return step.weight, step.grad, step.acc
+    return step.weight, step.grad, step.acc, step.master
 
 
 def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
@@ -254,12 +260,13 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
     per tensor, bit-identical to it (the same operations in the same order): the dense steps
     in one multi-tensor call (float16 weights with master copies in a call of their own; a
     single dense step by the single-tensor operator), the ``row_sparse`` ones one by one, and
-    any whose dtypes the kernels do not take (see :func:`supports`) through the reference.
+    any with a master copy whose dtypes the kernels do not take (see :func:`supports`: the
+    optimizer's checks make sure of the others') through the reference.
     The operators check shapes and dtypes and raise ``mxnet.base.MXNetError`` on a mismatch,
     and on row indices out of order or range."""
     dense: dict[bool, list[Step]] = {False: [], True: []}  # by: with master weights?
     for step in steps:
-        if step.master is not None and not supports(step):
+        if step.master is not None and not supports(step.weight, step.acc, step.master):
             reference_steps([step], options)
         elif step.row_sparse:
             _single_update("adagrad_gluon_row_sparse_update", step, options)
@@ -274,16 +281,14 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
 
 def _single_update(operator: str, step: Step, options: AdagradOptions) -> None:
     """One tensor's update by ``operator``: weight, grad, acc[, master]."""
-    arrays = step[:3] if step.master is None else step[:4]
-    _op(operator)(*arrays, lr=repr(float(step.lr)), wd=repr(float(step.wd)),
+    _op(operator)(*_arrays(step), lr=repr(float(step.lr)), wd=repr(float(step.wd)),
                   **_attrs(options, step.master is not None))
 
 
 def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool) -> None:
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
-    width = 4 if with_masters else 3
     _op("adagrad_gluon_multi_update")(
-        *[array for step in steps for array in step[:width]], num_tensors=str(len(steps)),
+        *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
         lrs=",".join([repr(float(step.lr)) for step in steps]),
         wds=",".join([repr(float(step.wd)) for step in steps]),
         **_attrs(options, with_masters),
