@@ -68,14 +68,27 @@ def test_the_optimizer_holds_one_options_object_that_follows_rescale_grad():
     assert opt.options.rescale_grad == 0.125 and opt.options.clip_gradient == 3.0
 
 
-def test_option_attributes_stay_settable_and_are_checked():
+def test_option_attributes_stay_settable_and_are_checked_when_used():
     opt = AdagradScratch()
     opt.initial_accumulator_value = 0.5
     assert opt.options.initial_accumulator_value == 0.5
     assert opt.create_state(0, nd.ones(3)).asnumpy().tolist() == [0.5] * 3
-    with pytest.raises(ValueError, match="eps_placement"):
-        opt.eps_placement = "middle"
-    assert opt.eps_placement == "inside"
+    opt.eps_placement = "middle"
+    w = nd.ones(3)
+    with pytest.raises(ValueError, match="eps_placement must be one of 'inside', 'outside'"):
+        opt.update(0, w, nd.ones(3), opt.create_state(0, w))
+    np.testing.assert_array_equal(w.asnumpy(), np.ones(3))  # refused before any change
+
+
+def test_options_are_plain_attributes_and_no_class_of_their_own_is_pickled():
+    """The parameter servers unpickle the optimizer, and saved checkpoints list its public
+    scalar attributes: both keep the shape they had before the options object."""
+    opt = AdagradScratch(compat="keras", lr_decay=0.1)
+    for name in ("eps", "eps_placement", "initial_accumulator_value", "lr_decay",
+                 "weight_decay_mode", "maximize"):
+        assert vars(opt)[name] == getattr(opt.options, name)
+    data = pickle.dumps(opt)
+    assert b"AdagradOptions" not in data and b"fused_steps" not in data
 
 
 def _updated(opt):

@@ -21,19 +21,19 @@ class NonFiniteGradientError(ValueError):
     make the accumulator overflow."""
 
 
-def safe_updates(optimizer, indices: Sequence, checked: Sequence[Checked],
-                 wds: Sequence[float]) -> list[bool]:
-    """Which of these updates of ``optimizer`` are safe (one host sync for the whole list).
+def safe_updates(optimizer, options: AdagradOptions, indices: Sequence,
+                 checked: Sequence[Checked], wds: Sequence[float]) -> list[bool]:
+    """Which of these updates of ``optimizer`` (under its ``options``) are safe (one host
+    sync for the whole list).
     Under ``nonfinite='raise'`` the gradients of the rest of the step (every other gradient of
     ``param_dict``) are checked in the same sync, and an unsafe one anywhere raises
     :class:`NonFiniteGradientError`; under ``'skip'`` each unsafe update of this call is
     counted in ``optimizer.nonfinite_skipped``."""
-    options = optimizer.options
     probes = [probe(options, c.weight, c.grad, c.acc, c.master, c.row_sparse, wd)
               for c, wd in zip(checked, wds, strict=True)]
     named = list(indices)
     if optimizer.nonfinite == "raise":
-        for i, rest in _rest_of_step(optimizer, [c.grad for c in checked]):
+        for i, rest in _rest_of_step(optimizer, options, [c.grad for c in checked]):
             named.append(i)
             probes.append(rest)
     safe = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
@@ -71,12 +71,13 @@ def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
     return (nd.sum(grad * 0) + nd.sum(square * 0)).astype(np.float64)
 
 
-def _rest_of_step(optimizer, grads) -> list[tuple[int, nd.NDArray]]:
+def _rest_of_step(optimizer, options: AdagradOptions,
+                  grads) -> list[tuple[int, nd.NDArray]]:
     """``(index, probe)`` for the gradients of ``optimizer.param_dict`` (set by
     ``gluon.Trainer``) other than ``grads``: the rest of the step, which the Trainer hands over
     in further calls (one per dtype). Their accumulators are not known here, so each
     gradient's own square is checked."""
-    options, probes = optimizer.options, []
+    probes = []
     for i, param in optimizer.param_dict.items():
         if param.grad_req == "null":
             continue

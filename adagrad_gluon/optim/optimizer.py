@@ -28,20 +28,9 @@ __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "reg
 REGISTERED_NAME = "adagrad_scratch"
 # a parameter's state: its accumulator, or (float32 master weight, accumulator)
 State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
-# the options readable (and settable) as attributes, as before there was an options object
-OPTION_ATTRIBUTES = ("eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                     "weight_decay_mode", "maximize")
-
-
-def _option(name: str) -> property:
-    """The attribute ``name``: that field of :attr:`AdagradScratch.options` (setting it
-    checks the new value and replaces the options)."""
-    def get(self):
-        return getattr(self._options, name)
-
-    def set_(self, value):
-        self._options = dataclasses.replace(self._options, **{name: value})
-    return property(get, set_, doc=f"``{name}``: see :class:`AdagradOptions`.")
+# every field of AdagradOptions is an attribute of the optimizer too (rescale_grad and
+# clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
+OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
 
 
 class AdagradScratch(mx.optimizer.Optimizer):
@@ -129,13 +118,6 @@ class AdagradScratch(mx.optimizer.Optimizer):
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
     """
 
-    eps = _option("eps")
-    eps_placement = _option("eps_placement")
-    initial_accumulator_value = _option("initial_accumulator_value")
-    lr_decay = _option("lr_decay")
-    weight_decay_mode = _option("weight_decay_mode")
-    maximize = _option("maximize")
-
     def __init__(
         self,
         learning_rate: float | None = None,
@@ -158,7 +140,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
                           clip_gradient=kwargs.get("clip_gradient"))
         super().__init__(**kwargs)
         self.compat = compat
-        self._options = options
+        vars(self).update(dataclasses.asdict(options))
+        self._options, self._option_values = options, None
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
@@ -167,14 +150,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     @property
     def options(self) -> AdagradOptions:
-        """The update's numerics, with ``rescale_grad`` and ``clip_gradient`` as they are now
-        (``gluon.Trainer`` sets ``rescale_grad`` every step)."""
-        options = self._options
-        if (options.rescale_grad, options.clip_gradient) != (self.rescale_grad,
-                                                            self.clip_gradient):
-            options = self._options = dataclasses.replace(
-                options, rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient)
-        return options
+        """The update's numerics, from the attributes as they are now (``gluon.Trainer`` sets
+        ``rescale_grad`` every step; an attribute set to a bad value raises here, naming it)."""
+        values = tuple([getattr(self, name) for name in OPTION_FIELDS])
+        if values != self._option_values:
+            self._options, self._option_values = AdagradOptions(*values), values
+        return self._options
 
     def _use_kernel(self, kernel: str) -> None:
         """Run the update through ``kernel`` (``'fused'`` or ``'reference'``)."""
@@ -249,19 +230,20 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
+        options = self.options
         checked = [checked_arrays(self._checked, *args, self._name)
                    for args in zip(index, weight, grad, state, strict=True)]
         wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
         self._refuse_lazy_decay(index, checked, wds)
         if self.nonfinite != "propagate":
-            keep = safe_updates(self, index, checked, wds)
+            keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
                                    for seq in (index, checked, wds))
             if not index:
                 return
         lrs = self._count_and_lrs(index)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
-                     for c, lr, wd in zip(checked, lrs, wds, strict=True)], self.options)
+                     for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
 
     def _refuse_lazy_decay(self, indices, checked, wds) -> None:
         """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
@@ -296,25 +278,22 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
 
     def __getstate__(self) -> dict:
-        """Pickle without the cache of checked arrays (``gluon.Trainer.save_states``) and the
+        """Pickle (``gluon.Trainer.save_states``, the parameter servers) without the caches:
+        the checked arrays, the options object (made again from the attributes) and the
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        state.pop("_steps", None)
+        for name in ("_steps", "_options", "_option_values"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle, resolving ``kernel`` again for this machine (a parameter server or another
         host may lack the compiler the pickling one had): ``'auto'`` may fall back, ``'fused'``
         raises :class:`~adagrad_gluon.kernels.KernelUnavailableError` here, not mid-training.
-        A pickle from before the options object (options as plain attributes) loads too."""
-        if "_options" not in state:
-            state = dict(state)
-            fields = {name: state.pop(name) for name in OPTION_ATTRIBUTES}
-            state["_options"] = AdagradOptions(
-                **fields, rescale_grad=state["rescale_grad"],
-                clip_gradient=state["clip_gradient"])
+        Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        self._options, self._option_values = None, None
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
