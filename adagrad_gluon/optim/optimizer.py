@@ -141,7 +141,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         super().__init__(**kwargs)
         self.compat = compat
         vars(self).update(dataclasses.asdict(options))
-        self._options, self._option_values = options, None
+        self._options, self._option_values = options, dataclasses.astuple(options)
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
