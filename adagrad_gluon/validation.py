@@ -37,6 +37,21 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_count(name: str, value, *, minimum: int = 0) -> int:
+    """Return ``value`` as an int if it is an integer >= ``minimum``; any other value, of
+    whatever kind, is a ``ValueError`` saying what is expected."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_flag(name: str, value) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``."""
     if value not in choices:

@@ -77,9 +77,11 @@ def cache(tmp_path, monkeypatch):
 LOAD_AND_UPDATE = """
     from mxnet import nd
     from adagrad_gluon import kernels
+    from adagrad_gluon.optim.options import AdagradOptions
     kernels.load()
     w, s = nd.ones(4), nd.zeros(4)
-    kernels.fused_update(w, nd.ones(4), s, lr=0.5, eps=0.0)
+    kernels.fused_steps([kernels.Step(w, nd.ones(4), s, None, 0.5, 0.0, False)],
+                        AdagradOptions(eps=0.0))
     print("updated", w.asnumpy().tolist(), s.asnumpy().tolist())
 """
 
@@ -107,15 +109,15 @@ def _copy_lib_api(mxnet_dir: Path, to: Path) -> Path:
 
 
 def test_the_key_depends_on_contents_not_on_paths(tmp_path, monkeypatch, cache):
-    mxnet_dir = kernels._mxnet_dir()
+    mxnet_dir = kernels.build_module._mxnet_dir()
     keys = []
     for place in ("clone-a", "elsewhere/clone-b"):
         source = tmp_path / place / "adagrad_ops.cc"
         source.parent.mkdir(parents=True)
         shutil.copyfile(kernels.SOURCE, source)
         copy_of_mxnet = _copy_lib_api(mxnet_dir, tmp_path / place / "mxnet")
-        monkeypatch.setattr(kernels, "SOURCE", source)
-        monkeypatch.setattr(kernels, "_mxnet_dir", lambda copy=copy_of_mxnet: copy)
+        monkeypatch.setattr(kernels.build_module, "SOURCE", source)
+        monkeypatch.setattr(kernels.build_module, "_mxnet_dir", lambda copy=copy_of_mxnet: copy)
         keys.append(kernels.library_path("g++"))
     assert keys[0] == keys[1]
 
@@ -123,7 +125,7 @@ def test_the_key_depends_on_contents_not_on_paths(tmp_path, monkeypatch, cache):
     assert kernels.library_path("g++") != keys[0]
     shutil.copyfile(tmp_path / "clone-a" / "adagrad_ops.cc", source)
     assert kernels.library_path("g++") == keys[0]
-    monkeypatch.setattr(kernels, "CXXFLAGS", (*kernels.CXXFLAGS, "-DNDEBUG"))
+    monkeypatch.setattr(kernels.build_module, "CXXFLAGS", (*kernels.CXXFLAGS, "-DNDEBUG"))
     assert kernels.library_path("g++") != keys[0]
     assert kernels.library_path("g++ -O2") != kernels.library_path("g++")
 

@@ -16,7 +16,8 @@ from mxnet import autograd, gluon, nd
 
 from adagrad_gluon import AdagradScratch, kernels
 from adagrad_gluon.data import CACHE_DIR_ENV
-from adagrad_gluon.functional import adagrad_update, adagrad_update_row_sparse
+from adagrad_gluon.functional import Step, reference_steps
+from adagrad_gluon.optim.options import AdagradOptions
 
 OPTION_GRID = [
     dict(wd=wd, rescale_grad=rescale, clip_gradient=clip, eps=eps, eps_placement=placement,
@@ -57,12 +58,20 @@ def _gradients(shape, steps, seed, dtype):
     return grads
 
 
-def _run(step, dtype, shape=(9, 7), steps=4, seed=0, **options):
-    """``steps`` updates of one weight by ``step(w, g, s, **options)``; returns ``(w, s)``."""
+def _split(options):
+    """``(wd, AdagradOptions)`` from one dict of the grid."""
+    options = dict(options)
+    return options.pop("wd", 0.0), AdagradOptions(**options)
+
+
+def _run(update, dtype, shape=(9, 7), steps=4, seed=0, lr=0.3, **options):
+    """``steps`` updates of one weight by ``update([Step], AdagradOptions(**options))`` (the
+    reference's or the kernels' shared signature); returns ``(w, s)``."""
+    wd, options = _split(options)
     w = nd.array(np.random.default_rng(seed + 100).normal(size=shape), dtype=dtype)
     s = nd.zeros(shape, dtype=dtype)
     for g in _gradients(shape, steps, seed, dtype):
-        step(w, nd.array(g, dtype=dtype), s, **options)
+        update([Step(w, nd.array(g, dtype=dtype), s, None, lr, wd, False)], options)
     return w.asnumpy(), s.asnumpy()
 
 
@@ -71,14 +80,14 @@ def _run(step, dtype, shape=(9, 7), steps=4, seed=0, **options):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("options", OPTION_GRID, ids=str)
 def test_fused_update_is_bit_identical_to_the_reference(options, dtype):
-    expected = _run(adagrad_update, dtype, lr=0.3, **options)
-    actual = _run(kernels.fused_update, dtype, lr=0.3, **options)
+    expected = _run(reference_steps, dtype, lr=0.3, **options)
+    actual = _run(kernels.fused_steps, dtype, lr=0.3, **options)
     for a, e in zip(actual, expected, strict=True):
         assert_bits_equal(a, e)
 
 
 def test_zero_accumulator_with_eps_zero_gives_no_nan():
-    w, s = _run(kernels.fused_update, np.float32, lr=0.3, eps=0.0, eps_placement="outside")
+    w, s = _run(kernels.fused_steps, np.float32, lr=0.3, eps=0.0, eps_placement="outside")
     assert np.isfinite(w).all()
     assert (s[:, :2] == 0).all()  # the columns whose gradient is always 0
 
@@ -91,7 +100,7 @@ def test_multi_tensor_update_equals_one_reference_update_per_tensor(options, dty
     shapes = [(1,), (3, 5), (257,), (300, 301), (2, 3, 4)]
     lrs = [0.1, 0.2, 0.05, 0.3, 0.0]
     wds = [0.0, 0.01, 0.1, 0.02, 0.05]
-    options = {k: v for k, v in options.items() if k != "wd"}
+    _, options = _split(options)
     rng = np.random.default_rng(7)
     w0 = [rng.normal(size=shape).astype(dtype) for shape in shapes]
     grads = [_gradients(shape, 3, i, dtype) for i, shape in enumerate(shapes)]
@@ -101,33 +110,77 @@ def test_multi_tensor_update_equals_one_reference_update_per_tensor(options, dty
     s_reference = [nd.zeros(shape, dtype=dtype) for shape in shapes]
     for t in range(3):
         g = [nd.array(grads[i][t], dtype=dtype) for i in range(len(shapes))]
-        kernels.fused_multi_update(fused, g, s_fused, lrs=lrs, wds=wds, **options)
+        kernels.fused_steps([Step(*arrays, None, lr, wd, False) for *arrays, lr, wd in
+                             zip(fused, g, s_fused, lrs, wds, strict=True)], options)
         for i in range(len(shapes)):
-            adagrad_update(reference[i], g[i], s_reference[i], lr=lrs[i], wd=wds[i], **options)
+            reference_steps([Step(reference[i], g[i], s_reference[i], None, lrs[i], wds[i],
+                                  False)], options)
     for i in range(len(shapes)):
         assert_bits_equal(fused[i].asnumpy(), reference[i].asnumpy())
         assert_bits_equal(s_fused[i].asnumpy(), s_reference[i].asnumpy())
 
 
-def test_multi_tensor_update_refuses_lists_of_different_lengths():
-    w = [nd.ones(3), nd.ones(3)]
-    with pytest.raises(ValueError, match="one length"):
-        kernels.fused_multi_update(w, w, w[:1], lrs=[0.1, 0.1], wds=[0.0, 0.0])
+def _mixed_steps(t, lr):
+    """Step ``t`` of six parameters of every kind the optimizer creates: dense float32 and
+    float64, float16 with and without a float32 master, row_sparse float32 and float64."""
+    kinds = [(np.float32, False, False), (np.float64, False, False), (np.float16, True, False),
+             (np.float16, False, False), (np.float32, False, True), (np.float64, False, True)]
+    return [(dtype, master, row_sparse, lr * (1 + k), 0.0 if row_sparse else 0.01 * k)
+            for k, (dtype, master, row_sparse) in enumerate(kinds)]
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=str)
+def test_one_call_of_mixed_steps_is_bit_identical_on_every_combination(options):
+    """The shared signature: the same list of steps (every dtype, with and without masters,
+    dense and row_sparse, each its own lr and wd) and the same options, given once to the
+    reference and once to the kernels, give the same bits."""
+    _, options = _split(options)
+    shape, results = (6, 5), []
+    for update in (reference_steps, kernels.fused_steps):
+        rng = np.random.default_rng(4)
+        arrays = []
+        for dtype, master, _, _, _ in _mixed_steps(0, 0.3):
+            w = nd.array(rng.normal(size=shape), dtype=dtype)
+            acc = nd.zeros(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+            arrays.append((w, acc, w.astype(np.float32) if master else None))
+        for t in range(3):
+            steps = []
+            for k, ((w, acc, master), (dtype, _, row_sparse, lr, wd)) in enumerate(
+                    zip(arrays, _mixed_steps(t, 0.3), strict=True)):
+                grad = (_row_sparse([0, 2 + t], 5, 6, dtype, seed=t + k) if row_sparse
+                        else nd.array(_gradients(shape, 1, t + k, dtype)[0], dtype=dtype))
+                steps.append(Step(w, grad, acc, master, lr, wd, row_sparse))
+            update(steps, options)
+        results.append([a.asnumpy() for group in arrays for a in group if a is not None])
+    for actual, expected in zip(results[1], results[0], strict=True):
+        assert_bits_equal(actual, expected)
+
+
+def test_a_step_names_every_array_and_number_so_lists_cannot_disagree():
+    """One record per tensor (no parallel lists whose lengths could differ): a step missing a
+    field is refused when it is made."""
+    w = nd.ones(3)
+    with pytest.raises(TypeError, match="missing"):
+        Step(w, w, nd.zeros(3), None, 0.1)
+    assert Step(w, w, w, None, 0.1, 0.0, False)._fields == (
+        "weight", "grad", "acc", "master", "lr", "wd", "row_sparse")
 
 
 def test_bad_options_raise_value_error_naming_them():
-    w = nd.ones(3)
     with pytest.raises(ValueError, match="eps_placement"):
-        kernels.fused_update(w, w, nd.zeros(3), lr=0.1, eps_placement="middle")
+        AdagradOptions(eps_placement="middle")
     with pytest.raises(ValueError, match="weight_decay_mode"):
-        kernels.fused_update(w, w, nd.zeros(3), lr=0.1, weight_decay_mode="l1")
+        AdagradOptions(weight_decay_mode="l1")
 
 
 def test_mismatched_arrays_raise_instead_of_crashing():
+    options = AdagradOptions()
     with pytest.raises(mx.base.MXNetError, match="grad shape does not match"):
-        kernels.fused_update(nd.ones((3, 4)), nd.ones((4, 3)), nd.zeros((3, 4)), lr=0.1)
+        kernels.fused_steps([Step(nd.ones((3, 4)), nd.ones((4, 3)), nd.zeros((3, 4)), None,
+                                  0.1, 0.0, False)], options)
     with pytest.raises(mx.base.MXNetError, match="accumulator"):
-        kernels.fused_update(nd.ones(3), nd.ones(3), nd.zeros(3, dtype="float64"), lr=0.1)
+        kernels.fused_steps([Step(nd.ones(3), nd.ones(3), nd.zeros(3, dtype="float64"), None,
+                                  0.1, 0.0, False)], options)
 
 
 def _row_sparse(rows, width, num_rows, dtype, seed=0):
@@ -142,10 +195,12 @@ def _row_sparse(rows, width, num_rows, dtype, seed=0):
 def test_row_sparse_update_is_bit_identical_to_the_reference(options, dtype):
     w0 = np.random.default_rng(1).normal(size=(8, 5)).astype(dtype)
     results = []
-    for step in (adagrad_update_row_sparse, kernels.fused_update):
+    wd, options = _split(options)
+    for update in (reference_steps, kernels.fused_steps):
         w, s = nd.array(w0, dtype=dtype), nd.zeros((8, 5), dtype=dtype)
         for t, rows in enumerate(([0, 3, 4], [3, 7], [1, 2, 3, 4, 5, 6])):
-            step(w, _row_sparse(rows, 5, 8, dtype, seed=t), s, lr=0.3, **options)
+            update([Step(w, _row_sparse(rows, 5, 8, dtype, seed=t), s, None, 0.3, wd, True)],
+                   options)
         results.append((w.asnumpy(), s.asnumpy()))
     for actual, expected in zip(results[1], results[0], strict=True):
         assert_bits_equal(actual, expected)
@@ -154,7 +209,8 @@ def test_row_sparse_update_is_bit_identical_to_the_reference(options, dtype):
 def test_row_sparse_update_without_rows_changes_nothing():
     w0 = np.arange(12, dtype=np.float32).reshape(4, 3)
     w, s = nd.array(w0), nd.zeros((4, 3))
-    kernels.fused_update(w, nd.sparse.zeros("row_sparse", (4, 3)), s, lr=0.3)
+    kernels.fused_steps([Step(w, nd.sparse.zeros("row_sparse", (4, 3)), s, None, 0.3, 0.0,
+                              True)], AdagradOptions())
     assert_bits_equal(w.asnumpy(), w0)
 
 
@@ -163,7 +219,8 @@ def test_row_sparse_rows_out_of_order_or_range_are_refused(rows):
     """MXNet does not check a row_sparse array's indices; the kernel does, before writing."""
     w, s = nd.ones((5, 4)), nd.zeros((5, 4))
     with pytest.raises(mx.base.MXNetError, match="row indices must be increasing"):
-        kernels.fused_update(w, _row_sparse(rows, 4, 5, np.float32), s, lr=0.1)
+        kernels.fused_steps([Step(w, _row_sparse(rows, 4, 5, np.float32), s, None, 0.1, 0.0,
+                                  True)], AdagradOptions())
         nd.waitall()
 
 
@@ -172,7 +229,7 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for n in (1, 2, 3):
             kernels.set_num_threads(n)
-            results.append(_run(kernels.fused_update, np.float32, shape=(400, 501), steps=2,
+            results.append(_run(kernels.fused_steps, np.float32, shape=(400, 501), steps=2,
                                 lr=0.1, wd=0.01))
     finally:
         kernels.set_num_threads(kernels._default_num_threads())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
+from ..cache import CACHE_DIR_ENV, cache_root
 from ..validation import check_positive_int
 
 FILE_NAME = "airfoil_self_noise.dat"
@@ -36,7 +37,6 @@ SHA1_LF = "d9dfd00ed1ff52487b87aceb5ff20462d8e0801c"  # the same rows with LF li
 KNOWN_SHA1 = (SHA1_CRLF, SHA1_LF)
 NUM_ROWS, NUM_COLUMNS = 1503, 6
 DATA_DIR_ENV = "ADAGRAD_GLUON_DATA_DIR"
-CACHE_DIR_ENV = "ADAGRAD_GLUON_CACHE_DIR"
 SHIPPED_FILE = Path(__file__).resolve().parent / "data_files" / FILE_NAME  # in the wheel too
 
 _HOW_TO_PROVIDE = (
@@ -58,13 +58,11 @@ def cache_dir() -> Path:
     """Where a downloaded file is kept: ``$ADAGRAD_GLUON_CACHE_DIR``; else the ``data/``
     directory of a source checkout (beside ``adagrad_gluon/``); else the user cache directory."""
     if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
+        return cache_root()
     checkout_data = Path(__file__).resolve().parents[2] / "data"
     if (checkout_data / "README.md").is_file():
         return checkout_data
-    import pooch
-
-    return Path(pooch.os_cache("adagrad-gluon"))
+    return cache_root()
 
 
 def sha1_of(path: Path) -> str:

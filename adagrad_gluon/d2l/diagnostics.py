@@ -3,7 +3,10 @@
 Adagrad scales the global rate ``lr`` per coordinate by the accumulated squared gradients::
 
     s = s + g * g
-    effective_lr = lr / sqrt(s + eps)        # the step is  w -= effective_lr * g
+    effective_lr = lr / sqrt(s + eps)        # the step is  w -= effective_lr * g  (default)
+    effective_lr = lr / (sqrt(s) + eps)      # with eps_placement='outside' (PyTorch, MXNet 2)
+
+(the divisor is :func:`adagrad_gluon.optim.functional.denominator`).
 
 ``s`` only grows, so every effective rate only shrinks (like ``1 / sqrt(t)`` when gradients
 are stationary): the chapter's warning that the rate may decay too fast. These helpers read
@@ -21,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import gluon, nd
 
-from ..optim._gluon import trainer_updaters
+from ..optim._gluon import trainer_params, trainer_updaters
+from ..optim.functional import denominator
 from ..validation import check_number
 
 CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop
@@ -30,9 +34,10 @@ CHAPTER_EPS = 1e-6  # the eps of the chapter's from-scratch adagrad and rmsprop
 def effective_learning_rates(trainer: gluon.Trainer) -> dict[str, np.ndarray]:
     """Every coordinate's current Adagrad step size, by parameter name.
 
-    For each parameter of ``trainer`` that gets updates, ``lr / sqrt(s + eps)`` (see
-    :meth:`AdagradScratch.effective_lr`, which also applies ``lr_mult``, the scheduler and
-    ``eps_placement``), as a numpy array of the parameter's shape. ``s`` is the accumulator
+    For each parameter of ``trainer`` that gets updates, ``lr / sqrt(s + eps)``, or
+    ``lr / (sqrt(s) + eps)`` under ``eps_placement='outside'`` (see
+    :meth:`AdagradScratch.effective_lr`, which also applies ``lr_mult`` and the scheduler),
+    as a numpy array of the parameter's shape. ``s`` is the accumulator
     the trainer keeps; before the first step it is the initial one (zeros by default).
 
     Raises ``TypeError`` unless ``trainer`` is a ``gluon.Trainer`` whose optimizer is
@@ -41,7 +46,7 @@ def effective_learning_rates(trainer: gluon.Trainer) -> dict[str, np.ndarray]:
     optimizer, updaters = trainer_updaters(trainer)
     states = updaters[0].states  # every device holds the same states
     rates = {}
-    for index, param in enumerate(trainer._params):
+    for index, param in enumerate(trainer_params(trainer)):
         if param.grad_req == "null":
             continue
         state = states.get(index)
@@ -66,7 +71,7 @@ def accumulator_learning_rates(
     if len(names) != len(states):
         raise ValueError(f"names has {len(names)} entries for {len(states)} states")
     return {
-        name: (lr / np.sqrt(s.asnumpy().astype(np.float64) + eps)).reshape(s.shape)
+        name: (lr / denominator(s.asnumpy().astype(np.float64), eps)).reshape(s.shape)
         for name, s in zip(names, states, strict=True)
     }
 

@@ -1,11 +1,16 @@
 """The optimizer library: Adagrad for MXNet Gluon, independent of the book chapter.
 
-* :mod:`.functional` states the update once, as plain functions on NDArrays (the reference);
-* :mod:`.options` holds the ``compat=`` presets of other frameworks' numerics;
-* :mod:`.optimizer` is :class:`AdagradScratch`, registered as ``adagrad_scratch``;
-* :mod:`.kernels` is the fast path: fused C++ operators, tested bit for bit against the
-  reference;
-* :mod:`.state` saves and restores optimizer states (a safe ``.npz``; PyTorch's layout).
+* :mod:`.functional` states the update once, as plain functions on NDArrays (the reference):
+  ``adagrad_update``, ``denominator()``, the ``Step`` record and ``reference_steps``;
+* :mod:`.options`: ``AdagradOptions`` (frozen, checked) and the ``compat=`` presets;
+* :mod:`.optimizer`: :class:`AdagradScratch`, registered as ``adagrad_scratch``, with
+  :mod:`.checks` (the arrays of an update) and :mod:`.nonfinite` (``nonfinite='skip'|'raise'``);
+* :mod:`.kernels`: the fast path, ``fused_steps`` with ``reference_steps``'s signature,
+  bit-identical to it (:mod:`.kernels.build` compiles and caches the C++ operators);
+* :mod:`.state`: one versioned ``.npz`` schema for a Trainer's states and the distributed
+  checkpoints (:mod:`.schema`, read by :mod:`.npz`, written by :mod:`.atomic`);
+  :mod:`.torch_interop`: PyTorch's ``state_dict``;
+* :mod:`._gluon`: the only module that touches MXNet's Trainer/Updater internals.
 """
 
 from .optimizer import AdagradScratch, NonFiniteGradientError, register

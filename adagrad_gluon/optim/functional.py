@@ -1,8 +1,10 @@
 """The Adagrad update as plain functions on NDArrays: the readable reference.
 
 Everything else in the package (the optimizer class, the fused kernels) is tested against
-:func:`adagrad_update`. One step, for a weight ``w``, its gradient ``g`` and its accumulator
-``s``, all of one shape::
+:func:`adagrad_update`. :func:`reference_steps` runs it on a list of :class:`Step` records
+with an :class:`~adagrad_gluon.optim.options.AdagradOptions`, the very signature of the fast
+path, :func:`adagrad_gluon.optim.kernels.fused_steps`. One step, for a weight ``w``, its
+gradient ``g`` and its accumulator ``s``, all of one shape::
 
     g = clip(rescale_grad * g, -clip_gradient, clip_gradient)    # clip only if given
     g = -g                                                       # maximize only
@@ -24,10 +26,36 @@ on ``w``); they differ only in the order of rounding, and each matches its frame
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
 from mxnet import nd
 
-EPS_PLACEMENTS = ("inside", "outside")
-WEIGHT_DECAY_MODES = ("step", "l2", "decoupled")
+from .options import EPS_PLACEMENTS, WEIGHT_DECAY_MODES, AdagradOptions
+
+__all__ = ["EPS_PLACEMENTS", "WEIGHT_DECAY_MODES", "Step", "adagrad_update",
+           "adagrad_update_row_sparse", "denominator", "prepared_gradient", "reference_steps"]
+
+
+class Step(NamedTuple):
+    """One parameter's update, as :func:`reference_steps` and
+    :func:`~adagrad_gluon.optim.kernels.fused_steps` take it."""
+
+    weight: nd.NDArray
+    grad: nd.NDArray  # dense or row_sparse, the weight's shape and dtype
+    acc: nd.NDArray  # the accumulator: float32, float64 for float64 weights
+    master: nd.NDArray | None  # the float32 copy of a float16 weight, if kept
+    lr: float
+    wd: float
+    row_sparse: bool  # whether ``grad`` is row_sparse
+
+
+def denominator(acc, eps: float, eps_placement: str = "inside"):
+    """What the gradient is divided by: ``sqrt(s + eps)`` (``'inside'``) or ``sqrt(s) + eps``
+    (``'outside'``), for an accumulator ``acc`` (an NDArray, or a numpy array)."""
+    sqrt = nd.sqrt if isinstance(acc, nd.NDArray) else np.sqrt
+    return sqrt(acc + eps) if eps_placement == "inside" else sqrt(acc) + eps
 
 
 def adagrad_update(
@@ -54,10 +82,7 @@ def adagrad_update(
                           clip_gradient=clip_gradient, weight_decay_mode=weight_decay_mode,
                           maximize=maximize)
     state += nd.square(g)  # in place (``state[:] +=`` is the same op, plus a self-copy)
-    if eps_placement == "inside":
-        denom = nd.sqrt(state + eps)
-    else:
-        denom = nd.sqrt(state) + eps
+    denom = denominator(state, eps, eps_placement)
     if eps == 0:
         # denom == 0 only where s == 0, so g * g == 0 there: g is 0 (or so small that its
         # square underflows); dividing it by 1 makes the update 0 (or negligible), never 0/0.
@@ -112,3 +137,21 @@ def adagrad_update_row_sparse(
     adagrad_update(w_rows, grad.data, s_rows, **options)
     weight[rows] = w_rows
     state[rows] = s_rows
+
+
+def reference_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
+    """Run ``steps`` one after the other through :func:`adagrad_update` (a ``row_sparse`` one
+    through :func:`adagrad_update_row_sparse`), in place. A float16 weight steps in its
+    accumulator's precision, from its ``master`` copy if it has one, and is rounded back."""
+    shared = dict(eps=options.eps, rescale_grad=options.rescale_grad,
+                  clip_gradient=options.clip_gradient, eps_placement=options.eps_placement,
+                  weight_decay_mode=options.weight_decay_mode, maximize=options.maximize)
+    for step in steps:
+        update = adagrad_update_row_sparse if step.row_sparse else adagrad_update
+        weight, acc, master = step.weight, step.acc, step.master
+        if weight.dtype == acc.dtype:
+            update(weight, step.grad, acc, lr=step.lr, wd=step.wd, **shared)
+            continue
+        work = master if master is not None else weight.astype(acc.dtype)
+        update(work, step.grad.astype(acc.dtype), acc, lr=step.lr, wd=step.wd, **shared)
+        nd.cast(work, dtype=weight.dtype, out=weight)

@@ -1,9 +1,14 @@
-"""``AdagradScratch``: Adagrad as a Gluon optimizer, registered as ``adagrad_scratch``."""
+"""``AdagradScratch``: Adagrad as a Gluon optimizer, registered as ``adagrad_scratch``.
+
+Its jobs are MXNet's protocol only: resolve the options (:mod:`.options`), create the state,
+and turn each update call into :class:`~.functional.Step` records for one call of the chosen
+path (:func:`~.functional.reference_steps` or :func:`~.kernels.fused_steps`), after the array
+checks (:mod:`.checks`) and the non-finite policy (:mod:`.nonfinite`).
+"""
 
 from __future__ import annotations
 
-import numbers
-import sys
+import dataclasses
 from collections.abc import Sequence
 
 import mxnet as mx
@@ -12,24 +17,20 @@ from mxnet import nd
 
 from ..validation import check_choice, check_number
 from . import kernels
-from . import options as compat_presets
-from .functional import (
-    EPS_PLACEMENTS,
-    WEIGHT_DECAY_MODES,
-    adagrad_update,
-    adagrad_update_row_sparse,
-    prepared_gradient,
-)
+from .checks import accumulator_dtype, check_dense_weight, checked_arrays
+from .functional import Step, denominator, reference_steps
+from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
+from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
+
+__all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
+           "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
 
 REGISTERED_NAME = "adagrad_scratch"
-NONFINITE_POLICIES = ("propagate", "skip", "raise")
 # a parameter's state: its accumulator, or (float32 master weight, accumulator)
 State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
-
-
-class NonFiniteGradientError(ValueError):
-    """Under ``nonfinite='raise'``: a gradient held NaN or infinity, or its square would
-    make the accumulator overflow."""
+# every field of AdagradOptions is an attribute of the optimizer too (rescale_grad and
+# clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
+OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
 
 
 class AdagradScratch(mx.optimizer.Optimizer):
@@ -48,8 +49,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
     This is MXNet 1.9.1's ``adagrad`` update with the chapter's ``eps = 1e-6`` (the built-in
     defaults to 1e-7); with equal ``eps`` the two agree step for step. Where ``s == 0`` the
     gradient is 0 (or so small its square underflows) and so is the update: zero gradients
-    never give NaN, even with ``eps = 0``. The options below
-    generalise the formula; :mod:`adagrad_gluon.functional` states the full update.
+    never give NaN, even with ``eps = 0``. The options below generalise the formula;
+    :mod:`adagrad_gluon.optim.functional` states the full update, and :attr:`options` holds
+    them as one :class:`~adagrad_gluon.optim.options.AdagradOptions`.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
     update: only the rows present in the gradient, and their accumulator rows, change. A lazy
@@ -130,64 +132,35 @@ class AdagradScratch(mx.optimizer.Optimizer):
         nonfinite: str = "propagate",
         **kwargs,
     ):
-        if compat not in compat_presets.PRESETS:
-            compat_presets.resolve(compat, {})  # raises the ValueError listing the presets
-        kwargs = compat_presets.translate_pytorch_names(
-            compat, {"learning_rate": learning_rate, **kwargs}
-        )
-        learning_rate = kwargs.pop("learning_rate")
-        options = compat_presets.resolve(compat, dict(
-            eps=eps, eps_placement=eps_placement,
-            initial_accumulator_value=initial_accumulator_value,
-            weight_decay_mode=weight_decay_mode,
-        ))
-        lr_scheduler = kwargs.get("lr_scheduler")
-        if learning_rate is None and lr_scheduler is None:
-            learning_rate = 0.01
-        if learning_rate is not None:
-            learning_rate = check_number("learning_rate", learning_rate)
-        if lr_scheduler is not None and not callable(lr_scheduler):
-            raise TypeError(f"lr_scheduler must be callable, got {lr_scheduler!r}")
-        kwargs["wd"] = check_number("wd", kwargs.get("wd", 0.0))
-        kwargs["rescale_grad"] = _check_normal("rescale_grad", kwargs.get("rescale_grad", 1.0))
-        clip = kwargs.get("clip_gradient")
-        if clip is not None:
-            kwargs["clip_gradient"] = _check_normal("clip_gradient", clip)
-        begin = kwargs.get("begin_num_update", 0)
-        if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
-            raise ValueError(f"begin_num_update must be an integer >= 0, got {begin!r}")
-        if not isinstance(kwargs.get("multi_precision", False), bool):
-            raise TypeError(
-                f"multi_precision must be True or False, got {kwargs['multi_precision']!r}"
-            )
-        if not isinstance(maximize, bool):
-            raise TypeError(f"maximize must be True or False, got {maximize!r}")
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        kwargs = optimizer_kwargs(check_compat(compat), {"learning_rate": learning_rate, **kwargs})
+        options = resolve(compat, eps=eps, eps_placement=eps_placement,
+                          initial_accumulator_value=initial_accumulator_value,
+                          lr_decay=lr_decay, weight_decay_mode=weight_decay_mode,
+                          maximize=maximize, rescale_grad=kwargs["rescale_grad"],
+                          clip_gradient=kwargs.get("clip_gradient"))
+        super().__init__(**kwargs)
         self.compat = compat
-        self.eps = check_number("eps", options["eps"])
-        if self.eps and np.float32(self.eps) == 0:
-            raise ValueError(f"eps must be 0 or at least float32's smallest number (1.4e-45): "
-                             f"{self.eps!r} rounds to 0 in float32 and would give 0/0")
-        self.eps_placement = check_choice(
-            "eps_placement", options["eps_placement"], EPS_PLACEMENTS
-        )
-        self.initial_accumulator_value = check_number(
-            "initial_accumulator_value", options["initial_accumulator_value"]
-        )
-        self.lr_decay = check_number("lr_decay", lr_decay)
-        self.weight_decay_mode = check_choice(
-            "weight_decay_mode", options["weight_decay_mode"], WEIGHT_DECAY_MODES
-        )
-        self.maximize = maximize
+        vars(self).update(dataclasses.asdict(options))
+        self._options, self._option_values = options, dataclasses.astuple(options)
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
-        self._checked: dict = {}  # index -> the arrays last checked, and what was found
+        self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+
+    @property
+    def options(self) -> AdagradOptions:
+        """The update's numerics, from the attributes as they are now (``gluon.Trainer`` sets
+        ``rescale_grad`` every step; an attribute set to a bad value raises here, naming it)."""
+        values = tuple([getattr(self, name) for name in OPTION_FIELDS])
+        if values != self._option_values:
+            self._options, self._option_values = AdagradOptions(*values), values
+        return self._options
 
     def _use_kernel(self, kernel: str) -> None:
         """Run the update through ``kernel`` (``'fused'`` or ``'reference'``)."""
         self.kernel = kernel
+        self._steps = kernels.fused_steps if kernel == "fused" else reference_steps
         # gluon.Trainer hands lists of up to aggregate_num parameters (of one dtype) to one
         # update call; 'skip' and 'raise' check each list in one host sync
         aggregate = kernel == "fused" or self.nonfinite != "propagate"
@@ -201,7 +174,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
-        _check_dense_weight(self._name(index), weight)
+        check_dense_weight(self._name(index), weight)
         return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
@@ -224,23 +197,22 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def _decayed(self, lr: float, t: int) -> float:
         """``lr / (1 + (t - 1) * lr_decay)`` for the ``t``-th update (PyTorch's ``lr_decay``);
         before the first update (``t = 0``) the rate of the first. A rate below float64's
-        smallest normal number is 0 (see :func:`_flush_subnormal`)."""
+        smallest normal number is 0 (see :func:`~.options.flush_subnormal`)."""
         if self.lr_decay:
             lr = lr / (1.0 + (max(t, 1) - 1) * self.lr_decay)
-        return _flush_subnormal(lr)
+        return flush_subnormal(lr)
 
     def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
-        ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``).
+        ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``),
+        the :func:`~.functional.denominator` of the update.
 
         Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
         see :func:`adagrad_gluon.diagnostics.effective_learning_rates`.
         """
         acc = state[1] if isinstance(state, (tuple, list)) else state
-        if self.eps_placement == "inside":
-            return self.current_lr(index) / nd.sqrt(acc + self.eps)
-        return self.current_lr(index) / (nd.sqrt(acc) + self.eps)
+        return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
         """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
@@ -258,122 +230,35 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
-        checked = [self._check(*args) for args in zip(index, weight, grad, state, strict=True)]
-        wds = [_flush_subnormal(wd) for wd in self._get_wds(index)]
-        for i, (_, _, row_sparse, _), wd in zip(index, checked, wds, strict=True):
-            if wd and row_sparse:
+        options = self.options
+        checked = [checked_arrays(self._checked, *args, self._name)
+                   for args in zip(index, weight, grad, state, strict=True)]
+        wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
+        self._refuse_lazy_decay(index, checked, wds)
+        if self.nonfinite != "propagate":
+            keep = safe_updates(self, options, index, checked, wds)
+            index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
+                                   for seq in (index, checked, wds))
+            if not index:
+                return
+        lrs = self._count_and_lrs(index)
+        self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
+                     for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+
+    def _refuse_lazy_decay(self, indices, checked, wds) -> None:
+        """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
+        for i, c, wd in zip(indices, checked, wds, strict=True):
+            if wd and c.row_sparse:
                 raise ValueError(
                     f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
                     f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
                     f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
                 )
-        if self.nonfinite != "propagate":
-            keep = self._safe_updates(index, weight, grad, checked, wds)
-            if not all(keep):
-                index, weight, grad, checked, wds = (
-                    [x for x, k in zip(seq, keep, strict=True) if k]
-                    for seq in (index, weight, grad, checked, wds))
-                if not index:
-                    return
-        lrs = self._count_and_lrs(index)
-        fused, reference = [], []
-        for w, g, (acc, master, row_sparse, kernel_takes_it), lr, wd in zip(
-                weight, grad, checked, lrs, wds, strict=True):
-            step = kernels.Step(w, g, acc, master, lr, wd, row_sparse)
-            (fused if kernel_takes_it and self.kernel == "fused" else reference).append(step)
-        if fused:
-            kernels.fused_steps(fused, **self._shared_options())
-        for step in reference:
-            self._reference_step(step)
-
-    def _safe_updates(self, indices, weights, grads, checked, wds) -> list[bool]:
-        """Which of these updates are safe: a finite gradient whose square does not overflow
-        the accumulator (one host sync for the whole list). Under ``nonfinite='raise'`` the
-        gradients of the rest of the step (every other gradient of ``param_dict``) are checked
-        in the same sync, and an unsafe one anywhere raises :class:`NonFiniteGradientError`;
-        under ``'skip'`` each unsafe update of this call is counted in
-        :attr:`nonfinite_skipped`."""
-        probes = [self._probe(w, g, acc, master, row_sparse, wd) for w, g, (acc, master,
-                  row_sparse, _), wd in zip(weights, grads, checked, wds, strict=True)]
-        named = list(indices)
-        if self.nonfinite == "raise":
-            for i, probe in self._rest_of_step(grads):
-                named.append(i)
-                probes.append(probe)
-        safe = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
-        bad = [i for i, ok in zip(named, safe, strict=True) if not ok]
-        if bad and self.nonfinite == "raise":
-            names = ", ".join(self._name(i) for i in dict.fromkeys(bad))
-            raise NonFiniteGradientError(
-                f"non-finite gradient (NaN or infinity), or one whose square overflows the "
-                f"accumulator, for parameter(s) {names}; nothing was updated. "
-                f"nonfinite='skip' skips such updates instead")
-        for i in bad:
-            self.nonfinite_skipped[i] = self.nonfinite_skipped.get(i, 0) + 1
-        return safe[:len(indices)].tolist()
-
-    def _probe(self, weight, grad, acc, master, row_sparse: bool, wd: float) -> nd.NDArray:
-        """A float64 scalar: 0 if the gradient is finite and ``s + g * g`` (``g`` as the step
-        prepares it, in the accumulator's dtype) is finite everywhere, else NaN. ``acc`` None
-        stands for an accumulator of zeros (the gradient's own square is checked)."""
-        dtype = accumulator_dtype(weight.dtype)
-        work = None  # the weight in the accumulator's dtype: needed for 'l2' decay only
-        if self.weight_decay_mode == "l2" and wd:
-            work = master if master is not None else weight.astype(dtype, copy=False)
-        if row_sparse:
-            rows, grad = grad.indices, grad.data
-            work = None if work is None else nd.take(work, rows)
-            acc = None if acc is None else nd.take(acc, rows)
-        grad = grad.astype(dtype, copy=False)  # never overflows: dtype is as wide as grad's
-        g = prepared_gradient(work, grad, wd=wd, rescale_grad=self.rescale_grad,
-                              clip_gradient=self.clip_gradient,
-                              weight_decay_mode=self.weight_decay_mode, maximize=self.maximize)
-        square = g * g if acc is None else acc + g * g
-        # x * 0 is 0 for finite x and NaN for NaN or infinity
-        return (nd.sum(grad * 0) + nd.sum(square * 0)).astype(np.float64)
-
-    def _rest_of_step(self, grads) -> list[tuple[int, nd.NDArray]]:
-        """``(index, probe)`` for the gradients of ``param_dict`` (set by ``gluon.Trainer``)
-        other than ``grads``: the rest of the step, which the Trainer hands over in further
-        calls (one per dtype). Their accumulators are not known here, so each gradient's own
-        square is checked."""
-        probes = []
-        for i, param in self.param_dict.items():
-            if param.grad_req == "null":
-                continue
-            name = self._name(i)
-            wd = _flush_subnormal(self._get_wds([i])[0])
-            for weight, grad in zip(param.list_data(), param.list_grad(), strict=True):
-                if any(grad is g for g in grads):
-                    continue
-                _check_storage(name, weight, grad)
-                row_sparse = grad.stype == "row_sparse"
-                probes.append((i, self._probe(weight, grad, None, None, row_sparse, wd)))
-        return probes
 
     @property
     def num_nonfinite_skipped(self) -> int:
         """How many parameter updates ``nonfinite='skip'`` has skipped so far."""
         return sum(self.nonfinite_skipped.values())
-
-    def _check(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> tuple:
-        """Check one parameter's arrays; return ``(acc, master, row_sparse, kernel_takes_it)``,
-        the last telling whether the kernels support its dtypes. The checks run again only
-        when the arrays are other objects than last time (an NDArray's shape, dtype and storage
-        type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
-        every step, so they are checked every time.
-        """
-        master, acc = state if isinstance(state, (tuple, list)) else (None, state)
-        known = self._checked.get(index)
-        if known is None or not (known[0] is weight and known[1] is grad and known[2] is acc
-                                 and known[3] is master):
-            _check_arrays(self._name(index), weight, grad, acc, master)
-            known = (weight, grad, acc, master, grad.stype == "row_sparse",
-                     kernels.supports(weight, acc, master))
-            self._checked[index] = known
-        if known[4]:
-            _check_rows(self._name(index), grad, weight)
-        return known[2:]
 
     def _count_and_lrs(self, indices) -> list[float]:
         """Count one update of each of ``indices``; return their learning rates
@@ -392,134 +277,29 @@ class AdagradScratch(mx.optimizer.Optimizer):
         t = self._index_update_count[indices[0]]  # the count all of them share
         return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
 
-    def _shared_options(self) -> dict:
-        """The update's options other than ``lr`` and ``wd`` (one set for every parameter)."""
-        return dict(
-            eps=self.eps,
-            rescale_grad=self.rescale_grad,
-            clip_gradient=self.clip_gradient,
-            eps_placement=self.eps_placement,
-            weight_decay_mode=self.weight_decay_mode,
-            maximize=self.maximize,
-        )
-
-    def _reference_step(self, step: kernels.Step) -> None:
-        """One parameter's step through :mod:`adagrad_gluon.functional`."""
-        weight, grad, acc, master = step.weight, step.grad, step.acc, step.master
-        options = dict(lr=step.lr, wd=step.wd, **self._shared_options())
-        update = adagrad_update_row_sparse if step.row_sparse else adagrad_update
-        if weight.dtype == acc.dtype:
-            update(weight, grad, acc, **options)
-            return
-        # float16 weight: step in the accumulator's precision, then round into the weight
-        work = master if master is not None else weight.astype(acc.dtype)
-        update(work, grad.astype(acc.dtype), acc, **options)
-        nd.cast(work, dtype=weight.dtype, out=weight)
-
     def __getstate__(self) -> dict:
-        """Pickle without the cache of checked arrays (``gluon.Trainer.save_states``)."""
+        """Pickle (``gluon.Trainer.save_states``, the parameter servers) without the caches:
+        the checked arrays, the options object (made again from the attributes) and the
+        chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
+        for name in ("_steps", "_options", "_option_values"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle, resolving ``kernel`` again for this machine (a parameter server or another
         host may lack the compiler the pickling one had): ``'auto'`` may fall back, ``'fused'``
-        raises :class:`~adagrad_gluon.kernels.KernelUnavailableError` here, not mid-training."""
+        raises :class:`~adagrad_gluon.kernels.KernelUnavailableError` here, not mid-training.
+        Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        self._options, self._option_values = None, None
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
-
-
-def accumulator_dtype(weight_dtype) -> type:
-    """The accumulator's dtype for a weight of ``weight_dtype``: float64 for float64 weights,
-    float32 otherwise (float16 weights included)."""
-    return np.float64 if np.dtype(weight_dtype) == np.float64 else np.float32
-
-
-def _flush_subnormal(value: float) -> float:
-    """``value``, or 0 if it is below float64's smallest normal number (2.2e-308): MXNet
-    refuses such numbers as operator arguments (see ``learning_rate`` in the class
-    docstring for what flushing a rate to 0 changes)."""
-    return 0.0 if abs(value) < sys.float_info.min else value
-
-
-def _check_normal(name: str, value) -> float:
-    """``value`` as a float if it is a finite number of at least float64's smallest normal
-    number: MXNet refuses smaller ones as operator arguments, and unlike a rate such a factor
-    cannot act as 0 (it scales the gradient, which may be as large as 1e308)."""
-    value = check_number(name, value, strict=True)
-    if value < sys.float_info.min:
-        raise ValueError(f"{name} must be at least 2.2250738585072014e-308 (float64's smallest "
-                         f"normal number; MXNet refuses smaller ones), got {value!r}")
-    return value
-
-
-def _check_dense_weight(name: str, weight) -> None:
-    if not isinstance(weight, nd.NDArray):
-        raise TypeError(f"weight of parameter {name} must be an mxnet NDArray, "
-                        f"got {type(weight).__name__}")
-    if weight.stype != "default":
-        raise TypeError(
-            f"parameter {name}: adagrad_scratch updates dense weights (row_sparse gradients "
-            f"are fine); got a {weight.stype} weight"
-        )
-    if weight.dtype not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"parameter {name}: weight must be float16, float32 or float64, "
-                        f"got {weight.dtype}")
-
-
-def _check_storage(name: str, weight, grad) -> None:
-    """Refuse a weight that is not dense, or a gradient neither dense nor row_sparse."""
-    _check_dense_weight(name, weight)
-    if not isinstance(grad, nd.NDArray):
-        raise TypeError(f"gradient of parameter {name} must be an NDArray, got {type(grad)}")
-    if grad.stype not in ("default", "row_sparse"):
-        raise TypeError(f"parameter {name}: adagrad_scratch takes dense or row_sparse "
-                        f"gradients; got a {grad.stype} gradient")
-
-
-def _check_arrays(name: str, weight, grad, acc, master) -> None:
-    """Refuse mismatched shapes or types instead of letting MXNet broadcast them."""
-    _check_storage(name, weight, grad)
-    if grad.shape != weight.shape:
-        raise ValueError(
-            f"parameter {name}: gradient shape {grad.shape} does not match "
-            f"weight shape {weight.shape}"
-        )
-    if grad.dtype != weight.dtype:
-        raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
-                        f"match weight dtype {np.dtype(weight.dtype).name}")
-    for what, array, dtype in (("accumulator", acc, accumulator_dtype(weight.dtype)),
-                               ("master weight", master, np.float32)):
-        if array is None:
-            continue
-        if not isinstance(array, nd.NDArray):
-            raise TypeError(f"parameter {name}: {what} must be an NDArray, got {type(array)}")
-        if array.shape != weight.shape:
-            raise ValueError(
-                f"parameter {name}: {what} (optimizer state) shape {array.shape} does not "
-                f"match weight shape {weight.shape}"
-            )
-        if array.dtype != dtype:
-            raise TypeError(f"parameter {name}: {what} (optimizer state) dtype "
-                            f"{np.dtype(array.dtype).name} should be {np.dtype(dtype).name} "
-                            f"for a {np.dtype(weight.dtype).name} weight")
-
-
-def _check_rows(name: str, grad: nd.NDArray, weight: nd.NDArray) -> None:
-    """A row_sparse gradient's rows must be strictly increasing and inside the weight (one
-    host sync; MXNet itself would apply duplicates once, or fail or hang out of range)."""
-    rows = grad.indices.asnumpy()
-    if rows.size and (rows[0] < 0 or rows[-1] >= weight.shape[0]
-                      or (np.diff(rows) <= 0).any()):
-        raise ValueError(f"parameter {name}: the row_sparse gradient's row indices must be "
-                         f"strictly increasing and in [0, {weight.shape[0]}); got "
-                         f"{np.array2string(rows, threshold=10)}")
 
 
 def register() -> None:
