@@ -40,7 +40,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 from mxnet.base import MXNetError
 from tqdm import tqdm
 
@@ -52,12 +51,16 @@ from .d2l.report import format_table as format_table  # re-exported: 0.1's cli h
 from .distributed import add_launch_parser
 from .validation import (
     argument_type,
-    check_number,
     check_positive_int,
-    parse_float,
+    existing_dir,
+    leak,
+    learning_rate,
+    learning_rates,
+    output_dir,
     parse_int,
     positive_float,
     positive_int,
+    seed,
 )
 
 PROG = "adagrad-gluon"
@@ -66,8 +69,6 @@ TRACEBACK_ENV = "ADAGRAD_GLUON_TRACEBACK"
 # What a run may fail with that is not a bug: files (DataFileError is an OSError), values that
 # MXNet, numpy or matplotlib refuse, overflows. Anything else keeps its traceback.
 RUNTIME_ERRORS = (OSError, ValueError, ArithmeticError, MXNetError)
-# The training runs in float32: a learning rate outside its normal range becomes inf or 0 there
-LR_MIN, LR_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
@@ -165,72 +166,6 @@ def examples(text: str) -> int:
     if n > NUM_ROWS:
         raise ValueError(f"value must be at most {NUM_ROWS} (the rows in the data), got {n}")
     return n
-
-
-@argument_type
-def seed(text: str) -> int:
-    """An integer in 0 .. 2**32 - 1 (numpy's seed range)."""
-    value = parse_int(text)
-    if not 0 <= value < 2**32:
-        raise ValueError(f"value must be in 0 .. 2**32 - 1, got {value}")
-    return value
-
-
-@argument_type
-def leak(text: str) -> float:
-    """A number in [0, 1): the leaky accumulator's gamma."""
-    value = check_number("value", parse_float(text))
-    if value >= 1:
-        raise ValueError(f"value must be < 1, got {value!r}")
-    return value
-
-
-def check_learning_rate(name: str, value: float) -> float:
-    """``value`` if it is a learning rate the float32 training can use: in float32's normal
-    range (:data:`LR_MIN` .. :data:`LR_MAX`), where it is neither rounded to 0 or a
-    subnormal nor overflows to inf."""
-    value = check_number(name, value, strict=True)
-    if not LR_MIN <= value <= LR_MAX:
-        raise ValueError(f"{name} must be between {LR_MIN:.3g} and {LR_MAX:.3g} (the training "
-                         f"runs in float32), got {value!r}")
-    return value
-
-
-@argument_type
-def learning_rate(text: str) -> float:
-    """A learning rate: a number in float32's normal range, see :func:`check_learning_rate`."""
-    return check_learning_rate("value", parse_float(text))
-
-
-@argument_type
-def learning_rates(text: str) -> list[float]:
-    """A comma-separated list of distinct learning rates, e.g. ``0.01,0.1,1``."""
-    items = [item.strip() for item in text.split(",")]
-    if not all(items):
-        raise ValueError(f"expected comma-separated numbers, got {text!r}")
-    rates = [check_learning_rate(f"learning rate {item!r}", parse_float(item))
-             for item in items]
-    if len(set(rates)) != len(rates):
-        raise ValueError(f"learning rates must be distinct, got {text!r}")
-    return rates
-
-
-@argument_type
-def existing_dir(text: str) -> Path:
-    """A directory that exists."""
-    path = Path(text)
-    if not path.is_dir():
-        raise ValueError(f"{text} is not an existing directory")
-    return path
-
-
-@argument_type
-def output_dir(text: str) -> Path:
-    """A directory to write into: it may not exist yet, but must not be a file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{text} exists and is not a directory")
-    return path
 
 
 # -- shared pieces ---------------------------------------------------------------------------

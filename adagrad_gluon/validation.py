@@ -11,6 +11,7 @@ import functools
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +60,29 @@ def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_leak(name: str, value) -> float:
+    """Return ``value`` as a float if it is a leak (RMSProp's ``gamma``): finite, in [0, 1)."""
+    value = check_number(name, value)
+    if value >= 1:
+        raise ValueError(f"{name} must be < 1, got {value!r}")
+    return value
+
+
+# The chapter trains in float32: a learning rate outside its normal range becomes inf or 0 there
+LR_MIN, LR_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
+
+def check_learning_rate(name: str, value) -> float:
+    """``value`` if it is a learning rate the float32 training can use: in float32's normal
+    range (:data:`LR_MIN` .. :data:`LR_MAX`), where it is neither rounded to 0 or a
+    subnormal nor overflows to inf."""
+    value = check_number(name, value, strict=True)
+    if not LR_MIN <= value <= LR_MAX:
+        raise ValueError(f"{name} must be between {LR_MIN:.3g} and {LR_MAX:.3g} (the training "
+                         f"runs in float32), got {value!r}")
+    return value
+
+
 # -- argparse types -------------------------------------------------------------------------
 
 def argument_type(convert: Callable[[str], object]) -> Callable[[str], object]:
@@ -98,3 +122,55 @@ def positive_float(text: str) -> float:
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     return check_positive_int("value", parse_int(text))
+
+
+@argument_type
+def seed(text: str) -> int:
+    """An integer in 0 .. 2**32 - 1 (numpy's seed range)."""
+    value = parse_int(text)
+    if not 0 <= value < 2**32:
+        raise ValueError(f"value must be in 0 .. 2**32 - 1, got {value}")
+    return value
+
+
+@argument_type
+def leak(text: str) -> float:
+    """A number in [0, 1): the leaky accumulator's gamma."""
+    return check_leak("value", parse_float(text))
+
+
+@argument_type
+def learning_rate(text: str) -> float:
+    """A learning rate: a number in float32's normal range, see :func:`check_learning_rate`."""
+    return check_learning_rate("value", parse_float(text))
+
+
+@argument_type
+def learning_rates(text: str) -> list[float]:
+    """A comma-separated list of distinct learning rates, e.g. ``0.01,0.1,1``."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"expected comma-separated numbers, got {text!r}")
+    rates = [check_learning_rate(f"learning rate {item!r}", parse_float(item))
+             for item in items]
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"learning rates must be distinct, got {text!r}")
+    return rates
+
+
+@argument_type
+def existing_dir(text: str) -> Path:
+    """A directory that exists."""
+    path = Path(text)
+    if not path.is_dir():
+        raise ValueError(f"{text} is not an existing directory")
+    return path
+
+
+@argument_type
+def output_dir(text: str) -> Path:
+    """A directory to write into: it may not exist yet, but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{text} exists and is not a directory")
+    return path

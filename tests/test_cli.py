@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mxnet.base import MXNetError
 
-from adagrad_gluon import cli
+from adagrad_gluon import cli, validation
 from adagrad_gluon.cli import build_parser, format_table, main
 from adagrad_gluon.d2l import experiments
 
@@ -322,8 +322,8 @@ def test_bad_arguments_get_one_line_and_exit_code_2(argv, message, tmp_path):
 
 
 def test_learning_rates_at_the_edges_of_float32():
-    assert cli.LR_MIN == float(np.finfo(np.float32).tiny)
-    assert cli.LR_MAX == float(np.finfo(np.float32).max)
+    assert validation.LR_MIN == float(np.finfo(np.float32).tiny)
+    assert validation.LR_MAX == float(np.finfo(np.float32).max)
     parser = build_parser()
     assert parser.parse_args(["compare", "--lr", "3.4e38"]).lr == 3.4e38
     assert parser.parse_args(["sweep", "--lrs", "1.2e-38,1e38"]).lrs == [1.2e-38, 1e38]
@@ -392,7 +392,7 @@ def test_a_bug_keeps_its_traceback_and_so_does_a_run_error_on_request(monkeypatc
 ])
 def test_extreme_learning_rates_succeed_or_fail_in_one_line(monkeypatch, tmp_path, argv):
     """With the range check lifted, the run itself: exit 0, or exit 1 with one line."""
-    monkeypatch.setattr(cli, "LR_MIN", 0.0)
+    monkeypatch.setattr(validation, "LR_MIN", 0.0)
     code, stdout, stderr = run_main(argv + ["--out", str(tmp_path)] + SMALL)
     if code != 0:
         assert_one_line_error(code, stdout, stderr)

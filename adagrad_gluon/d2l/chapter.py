@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from mxnet import nd
 
+from ..validation import check_leak
+
 Point2D = tuple[float, float, float, float]  # (x1, x2, s1, s2)
 
 
@@ -87,9 +89,7 @@ def rmsprop(
     The accumulator forgets old gradients, so the step size ``lr / sqrt(s + eps)`` settles
     instead of shrinking like ``1 / sqrt(t)``.
     """
-    gamma, eps = hyperparams["gamma"], 1e-6
-    if not 0 <= gamma < 1:
-        raise ValueError(f"hyperparams['gamma'] must be in [0, 1), got {gamma!r}")
+    gamma, eps = check_leak("hyperparams['gamma']", hyperparams["gamma"]), 1e-6
     for p, s in zip(params, states, strict=True):
         s[:] = gamma * s + (1 - gamma) * nd.square(p.grad)
         p[:] -= hyperparams["lr"] * p.grad / nd.sqrt(s + eps)

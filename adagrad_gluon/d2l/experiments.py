@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..validation import check_number, check_positive_int
+from ..validation import check_leak, check_number, check_positive_int
 from . import chapter
 from .data import ArrayLoader, airfoil_path, get_data_ch10, sha1_of
 from .diagnostics import CHAPTER_EPS, EffectiveLRRecorder
@@ -192,8 +192,7 @@ def remedy(data: AirfoilData, lr: float = 0.1, rmsprop_lr: float = 0.01, gamma: 
     learning rates whenever a loss is recorded."""
     epochs = _check_run(data, epochs)
     lr, rmsprop_lr = _check_lr("lr", lr), _check_lr("rmsprop_lr", rmsprop_lr)
-    if check_number("gamma", gamma) >= 1:
-        raise ValueError(f"gamma must be < 1 (a leaky average), got {gamma!r}")
+    check_leak("gamma", gamma)
     setups = [
         ("adagrad", chapter.adagrad, chapter.init_adagrad_states, {"lr": lr}),
         ("rmsprop", chapter.rmsprop, chapter.init_rmsprop_states,
