@@ -8,9 +8,11 @@ place, and load libraries only in subprocesses, where a crash cannot take pytest
 """
 
 import errno
+import grp
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -158,6 +160,36 @@ def test_a_build_records_its_digest_in_private_directories(copier, cache):
     assert _record(library) == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     for directory in (library.parent, library.parent.parent):
         assert directory.stat().st_mode & 0o777 == 0o700, directory
+
+
+def test_under_umask_002_the_cache_it_creates_is_private(copier, tmp_path, monkeypatch):
+    """umask 002 (the default for users with their own group) must not make the directories
+    the build creates, cache root included, group-writable, or the cache is refused."""
+    cache = tmp_path / "not" / "yet" / "there"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
+    previous = os.umask(0o002)
+    try:
+        library = kernels.build(str(copier))
+    finally:
+        os.umask(previous)
+    for directory in (library.parent, *library.parents):
+        if directory == tmp_path:
+            break
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+
+
+def test_a_group_writable_directory_of_ones_own_private_group_is_trusted(copier, cache):
+    """Under umask 002 directories made by other tools are 775 with the user's own group, which
+    has no other member: as private as 700. A group with other members stays refused."""
+    if not set(grp.getgrgid(os.getegid()).gr_mem) <= {pwd.getpwuid(os.geteuid()).pw_name}:
+        pytest.skip("this user's group has other members here")
+    library = kernels.build(str(copier))
+    library.parent.chmod(0o775)
+    os.chown(library.parent, -1, os.getegid())
+    assert kernels.build(str(copier)) == library  # trusted: no rebuild, no refusal
+    os.chown(library.parent, -1, NOBODY)  # a group of someone else's
+    with pytest.raises(kernels.KernelUnavailableError, match="writable by group or others"):
+        kernels.build(str(copier))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "emptied", "without a record"])

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import hashlib
 import json
 import os
 import platform
+import pwd
 import shlex
 import shutil
 import stat
@@ -175,9 +177,23 @@ def _untrusted(info: os.stat_result, *, ancestor: bool = False) -> str | None:
     if info.st_uid not in (uid, 0):
         return f"it is owned by uid {info.st_uid}, neither this user (uid {uid}) nor root"
     sticky = ancestor and info.st_mode & stat.S_ISVTX
-    if info.st_mode & 0o022 and not sticky:
+    writable_by = 0o002 if _own_private_group(info.st_gid) else 0o022
+    if info.st_mode & writable_by and not sticky:
         return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
     return None
+
+
+def _own_private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's own group with no other members (the "user private
+    group" of systems whose umask is 002): then group-writable is as private as 0o700."""
+    if gid != os.getegid():
+        return False
+    try:
+        members = grp.getgrgid(gid).gr_mem
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # no entry: nothing says who else is in the group
+        return False
+    return set(members) <= {name}
 
 
 def _refuse(path: Path | str, problem: str) -> KernelUnavailableError:
@@ -192,8 +208,8 @@ def _private_directory(directory: Path) -> Path:
     """Create the key ``directory`` and the kernels directory above it (mode 0o700) if needed;
     return its real path if no other user can change what it holds (see
     :func:`ready_library`), else raise :class:`KernelUnavailableError` naming the culprit."""
-    directory.parent.parent.mkdir(parents=True, exist_ok=True)
-    for level in (directory.parent, directory):
+    missing = [level for level in (directory, *directory.parents) if not level.exists()]
+    for level in reversed(missing):  # 0o700 whatever the umask (mkdir's parents= takes it)
         level.mkdir(mode=0o700, exist_ok=True)
     real = directory.resolve()
     for depth, path in enumerate((real, *real.parents)):
