@@ -4,7 +4,7 @@ Both train d2l's concise linear regression on the airfoil data (2 epochs, batch 
 seed, so the same initial weights and the same batches) with ``adagrad_scratch`` and record
 the full-data loss every 200 examples, as the chapter does:
 
-* the package: :func:`adagrad_gluon.training.train_concise_ch10`;
+* the package: :func:`adagrad_gluon.d2l.training.train_concise_ch10`;
 * d2l-style: a Gluon ``DataLoader`` over an ``ArrayDataset``, ``autograd`` and a
   ``gluon.Trainer``, an un-hybridized ``nn.Sequential``, the loss evaluated batch by batch,
   written here as d2l writes it; except that the loss is evaluated over an unshuffled loader
@@ -29,8 +29,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, init, nd
 
-from adagrad_gluon.data import get_data_ch10
-from adagrad_gluon.training import RECORD_EVERY, train_concise_ch10
+from adagrad_gluon.d2l.data import get_data_ch10
+from adagrad_gluon.d2l.training import RECORD_EVERY, train_concise_ch10
 
 BATCH_SIZE, NUM_EPOCHS, SEED = 10, 2, 0
 

@@ -27,7 +27,7 @@ import numpy as np
 from mxnet import nd
 
 import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
-from adagrad_gluon import kernels
+from adagrad_gluon.optim import kernels
 
 CASES = {"1x10M": (1, 10_000_000), "10x1M": (10, 1_000_000), "1000x1k": (1000, 1000),
          "1000x10": (1000, 10)}

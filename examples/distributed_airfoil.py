@@ -30,9 +30,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, init, nd
 
-from adagrad_gluon.data import get_data_ch10
+from adagrad_gluon.d2l.data import get_data_ch10
+from adagrad_gluon.d2l.training import evaluate_loss
 from adagrad_gluon.distributed import create_kvstore, prepare_trainer
-from adagrad_gluon.training import evaluate_loss
 
 OPTIMIZER = "adagrad_scratch"
 

@@ -1,8 +1,8 @@
 """The Adagrad chapter of *Dive into Deep Learning*, named as the book names things.
 
 The 2-D example on ``f(x) = 0.1 * x1**2 + 2 * x2**2`` and the from-scratch update of the
-linear-regression parameters. The data and the training loops live in :mod:`adagrad_gluon.data`
-and :mod:`adagrad_gluon.training`.
+linear-regression parameters. The data and the training loops live in :mod:`adagrad_gluon.d2l.data`
+and :mod:`adagrad_gluon.d2l.training`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from mxnet import nd
 
-from ..validation import check_leak
+from ..validation import check_count, check_leak
 
 Point2D = tuple[float, float, float, float]  # (x1, x2, s1, s2)
 
@@ -43,8 +43,7 @@ def train_2d(
 
     Returns the path, ``steps + 1`` tuples ``(x1, x2, s1, s2)``, the start point first.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    steps = check_count("steps", steps)
     x1, x2 = (float(v) for v in start)
     path: list[Point2D] = [(x1, x2, 0.0, 0.0)]
     for _ in range(steps):

@@ -13,8 +13,8 @@ are stationary): the chapter's warning that the rate may decay too fast. These h
 that quantity from a ``gluon.Trainer`` that uses ``adagrad_scratch``
 (:func:`effective_learning_rates`), from the chapter's from-scratch states
 (:func:`accumulator_learning_rates`), and record it over training (:class:`EffectiveLRRecorder`,
-a callback for ``on_record=`` of :func:`~adagrad_gluon.training.train_ch10` and
-:func:`~adagrad_gluon.training.train_concise_ch10`).
+a callback for ``on_record=`` of :func:`~adagrad_gluon.d2l.training.train_ch10` and
+:func:`~adagrad_gluon.d2l.training.train_concise_ch10`).
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def accumulator_learning_rates(
 ) -> dict[str, np.ndarray]:
     """``lr / sqrt(s + eps)`` for from-scratch accumulators ``states``, by name.
 
-    For the chapter's :func:`~adagrad_gluon.chapter.adagrad` and
-    :func:`~adagrad_gluon.chapter.rmsprop` the states *are* the accumulators ``s``, so this is
+    For the chapter's :func:`~adagrad_gluon.d2l.chapter.adagrad` and
+    :func:`~adagrad_gluon.d2l.chapter.rmsprop` the states *are* the accumulators ``s``, so this is
     their effective rate. ``names`` labels the states (the linear model's weight and bias).
     """
     lr = check_number("lr", lr)
@@ -79,9 +79,9 @@ def accumulator_learning_rates(
 class EffectiveLRRecorder:
     """Records effective learning rates whenever the training loop records a loss.
 
-    Pass it as ``on_record=`` to :func:`~adagrad_gluon.training.train_concise_ch10` (it reads
+    Pass it as ``on_record=`` to :func:`~adagrad_gluon.d2l.training.train_concise_ch10` (it reads
     the ``gluon.Trainer`` with :func:`effective_learning_rates`) or to
-    :func:`~adagrad_gluon.training.train_ch10` (it reads the from-scratch states with
+    :func:`~adagrad_gluon.d2l.training.train_ch10` (it reads the from-scratch states with
     :func:`accumulator_learning_rates`, which needs ``lr``)::
 
         recorder = EffectiveLRRecorder()

@@ -10,10 +10,9 @@ The command line (:mod:`adagrad_gluon.cli`) and the notebook both call them, and
 * :func:`trajectory`: the 2-D example.
 
 Each airfoil experiment takes the data of :func:`load_data`, so that a caller can check the
-data file before anything else (the command line does, before it creates its output
-directory). ``progress``, if given, is called as ``progress(name, total_batches)`` once per
-training run and must return a context manager whose value has ``update(1)`` (a ``tqdm`` bar
-fits; its value may also be ``None``).
+data file before any training. ``progress``, if given, is called as
+``progress(name, total_batches)`` once per training run and must return a context manager
+whose value has ``update(1)`` (a ``tqdm`` bar fits; its value may also be ``None``).
 """
 
 from __future__ import annotations

@@ -81,9 +81,9 @@ def show_trace_2d(f: Callable, path: Sequence[Sequence[float]], *, ax: Axes | No
                   title: str | None = None) -> Figure:
     """Contours of ``f(x1, x2)`` with the iterates ``path`` drawn over them, as the book does.
 
-    ``f`` must accept numpy arrays (e.g. :func:`adagrad_gluon.chapter.f_2d`); ``path`` holds
+    ``f`` must accept numpy arrays (e.g. :func:`adagrad_gluon.d2l.chapter.f_2d`); ``path`` holds
     points whose first two entries are ``x1, x2`` (e.g. from
-    :func:`adagrad_gluon.chapter.train_2d`). The view is the book's box, widened to hold the
+    :func:`adagrad_gluon.d2l.chapter.train_2d`). The view is the book's box, widened to hold the
     whole path.
     """
     points = np.array([tuple(p)[:2] for p in path], dtype=np.float64)
@@ -155,7 +155,7 @@ def plot_effective_lr(recorder: EffectiveLRRecorder, *, ax: Axes | None = None,
                       guide: bool = True) -> Figure:
     """Each coordinate's effective learning rate ``lr / sqrt(s + eps)`` over training.
 
-    ``recorder`` is an :class:`~adagrad_gluon.diagnostics.EffectiveLRRecorder` that watched a
+    ``recorder`` is an :class:`~adagrad_gluon.d2l.diagnostics.EffectiveLRRecorder` that watched a
     run. Log-log axes, where Adagrad's ``1 / sqrt(t)`` decay is a straight line; ``guide``
     draws that slope, from the median first rate, for reference.
     """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import mxnet as mx
 import numpy as np
@@ -16,19 +17,26 @@ from ..validation import check_positive_int
 RECORD_EVERY = 200  # examples between two evaluations of the full-data loss, as in d2l
 
 
+class LossRecord(NamedTuple):
+    """One recorded loss: after ``epoch`` epochs (a fraction), the mean ``loss`` over the data."""
+
+    epoch: float
+    loss: float
+
+
 @dataclass
 class TrainResult:
     """What a training run produced.
 
-    ``losses`` holds ``(epoch_fraction, loss)`` pairs: the mean loss over the whole data set,
-    recorded every 200 examples and after the last batch. ``sec_per_epoch`` counts training
-    only, not those evaluations. ``params`` holds the trained ``weight`` (``(feature_dim,)``)
-    and ``bias`` (``(1,)``) as numpy arrays.
+    ``losses`` holds :class:`LossRecord` pairs ``(epoch_fraction, loss)``: the mean loss over
+    the whole data set, recorded every 200 examples and after the last batch.
+    ``sec_per_epoch`` counts training only, not those evaluations. ``params`` holds the trained
+    ``weight`` (``(feature_dim,)``) and ``bias`` (``(1,)``) as numpy arrays.
     """
 
     name: str
     final_loss: float
-    losses: list[tuple[float, float]]
+    losses: list[LossRecord]
     sec_per_epoch: float
     params: dict[str, np.ndarray] = field(repr=False)
 
@@ -70,13 +78,13 @@ def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net:
     told of every batch with ``progress.update(1)`` (a ``tqdm`` bar fits); ``on_record``, if
     given, is called with the epoch fraction after every recorded loss (outside the timing)."""
     num_batches = len(data_iter)
-    losses: list[tuple[float, float]] = []
+    losses: list[LossRecord] = []
     seen, batches, train_seconds = 0, 0, 0.0
 
     def record() -> None:
-        losses.append((batches / num_batches, evaluate_loss(net, data_iter)))
+        losses.append(LossRecord(batches / num_batches, evaluate_loss(net, data_iter)))
         if on_record is not None:
-            on_record(losses[-1][0])
+            on_record(losses[-1].epoch)
 
     start = time.perf_counter()
     for _ in range(num_epochs):
@@ -95,9 +103,9 @@ def _train(name: str, batch_step: Callable[[nd.NDArray, nd.NDArray], None], net:
                 start = time.perf_counter()
     nd.waitall()
     train_seconds += time.perf_counter() - start
-    if not losses or losses[-1][0] != batches / num_batches:
+    if not losses or losses[-1].epoch != batches / num_batches:
         record()
-    return TrainResult(name, losses[-1][1], losses, train_seconds / num_epochs, params())
+    return TrainResult(name, losses[-1].loss, losses, train_seconds / num_epochs, params())
 
 
 def _bind(on_record: Callable[[float, object], None] | None,
@@ -112,14 +120,14 @@ def train_ch10(trainer_fn: Callable, states: Sequence[nd.NDArray], hyperparams: 
                on_record: Callable[[float, Sequence[nd.NDArray]], None] | None = None,
                ) -> TrainResult:
     """Train linear regression with a from-scratch optimizer ``trainer_fn(params, states,
-    hyperparams)``, e.g. :func:`adagrad_gluon.chapter.adagrad`.
+    hyperparams)``, e.g. :func:`adagrad_gluon.d2l.chapter.adagrad`.
 
     Weights start ~ N(0, 0.01²), the bias at 0; the loss is the batch mean of
     :func:`squared_loss`. ``seed`` seeds numpy's and MXNet's global RNGs, so runs with one
     seed start from the same weights and see the same batches as :func:`train_concise_ch10`.
     ``name`` labels the result (default: the function's name); ``progress`` gets
     ``update(1)`` after every batch; ``on_record(epoch_fraction, states)`` is called whenever
-    a loss is recorded (e.g. :class:`adagrad_gluon.diagnostics.EffectiveLRRecorder`).
+    a loss is recorded (e.g. :class:`adagrad_gluon.d2l.diagnostics.EffectiveLRRecorder`).
     """
     num_epochs = check_positive_int("num_epochs", num_epochs)
     _seed(seed)

@@ -24,6 +24,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from ..validation import check_choice
+
 ROLES = ("scheduler", "server", "worker")
 KVSTORE_TYPES = ("dist_sync", "dist_async")
 KVSTORE_ENV = "ADAGRAD_GLUON_KVSTORE"
@@ -51,10 +53,8 @@ def role_environment(role: str, *, root_uri: str, root_port: int, num_workers: i
     ``role`` is ``'scheduler'``, ``'server'`` or ``'worker'``; only workers get ``DMLC_ROLE``
     and ``kvstore`` (``'dist_sync'`` or ``'dist_async'``).
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
-    if kvstore not in KVSTORE_TYPES:
-        raise ValueError(f"kvstore must be one of {', '.join(KVSTORE_TYPES)}; got {kvstore!r}")
+    check_choice("role", role, ROLES)
+    check_choice("kvstore", kvstore, KVSTORE_TYPES)
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _CLEARED}
     env.update(
         DMLC_PS_ROOT_URI=root_uri,
@@ -75,12 +75,7 @@ def role_environment(role: str, *, root_uri: str, root_port: int, num_workers: i
 def kvstore_type(default: str = "dist_sync") -> str:
     """The kvstore type a worker should create: ``$ADAGRAD_GLUON_KVSTORE`` (set by
     ``adagrad-gluon launch --sync/--async``), else ``default``."""
-    value = os.environ.get(KVSTORE_ENV) or default
-    if value not in KVSTORE_TYPES:
-        raise ValueError(
-            f"{KVSTORE_ENV} must be one of {', '.join(KVSTORE_TYPES)}; got {value!r}"
-        )
-    return value
+    return check_choice(KVSTORE_ENV, os.environ.get(KVSTORE_ENV) or default, KVSTORE_TYPES)
 
 
 def check_worker_environment() -> None:

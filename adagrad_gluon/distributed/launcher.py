@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..validation import check_number, check_positive_int
+from ..validation import check_choice, check_number, check_positive_int
 from .environment import KVSTORE_TYPES, LOOPBACK, free_port, role_environment
 
 POLL_SECONDS = 0.05
@@ -186,8 +186,7 @@ def launch(command: Sequence[str], num_workers: int = 1, num_servers: int = 1, *
     if timeout is not None:
         timeout = check_number("timeout", timeout, strict=True)
     grace = check_number("grace", grace)
-    if kvstore not in KVSTORE_TYPES:
-        raise ValueError(f"kvstore must be one of {', '.join(KVSTORE_TYPES)}; got {kvstore!r}")
+    check_choice("kvstore", kvstore, KVSTORE_TYPES)
     port = free_port()
     options = dict(root_uri=LOOPBACK, root_port=port, num_workers=num_workers,
                    num_servers=num_servers, node_host=LOOPBACK, interface="lo", kvstore=kvstore)

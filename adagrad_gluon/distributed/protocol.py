@@ -13,6 +13,7 @@ import json
 import pickletools
 
 from ..optim._gluon import send_to_servers
+from ..validation import check_choice
 
 CONTROLLER_COMMAND = 0  # mxnet's kController: the only command id forwarded to Python
 PREFIX = "adagrad_gluon.command "
@@ -24,8 +25,7 @@ _BUILTIN_MODULES = ("__builtin__", "builtins", "copy_reg", "copyreg")
 
 def encode_command(op: str, **fields) -> str:
     """The command body for ``op`` with JSON-serialisable ``fields``."""
-    if op not in OPS:
-        raise ValueError(f"op must be one of {', '.join(OPS)}; got {op!r}")
+    check_choice("op", op, OPS)
     return PREFIX + json.dumps({"op": op, **fields}, ensure_ascii=True, sort_keys=True)
 
 

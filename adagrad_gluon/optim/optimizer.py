@@ -85,7 +85,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         Ascend instead of descend (the gradient is negated after clipping).
     compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax'}, default 'd2l'
         A preset for the four options above, as that framework defines Adagrad (table in
-        :mod:`adagrad_gluon.compat`); explicit arguments win. With ``'pytorch'`` the names
+        :mod:`adagrad_gluon.optim.options`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
     nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
         What an unsafe update does: a gradient with NaN or infinity, or a finite one whose
@@ -107,9 +107,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
         Not checked: a weight pushed past the float range by ``lr`` or ``wd`` themselves
         (the step changes ``w`` by at most ``lr * (1 + wd * |w|)``).
     kernel : {'auto', 'fused', 'reference'}, default 'auto'
-        The update that runs: the fused C++ kernels (:mod:`adagrad_gluon.kernels`, built on
+        The update that runs: the fused C++ kernels (:mod:`adagrad_gluon.optim.kernels`, built on
         first use; bit-identical results, one pass over memory, many parameters per call),
-        the NDArray reference (:mod:`adagrad_gluon.functional`), or the kernels if they build
+        the NDArray reference (:mod:`adagrad_gluon.optim.functional`), or the kernels if they build
         and else the reference with one warning. ``'auto'`` defers to the environment
         variable ``ADAGRAD_GLUON_KERNEL``, and is decided again where a pickled optimizer is
         loaded. The attribute ``kernel`` holds the path chosen.
@@ -209,7 +209,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
         Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
-        see :func:`adagrad_gluon.diagnostics.effective_learning_rates`.
+        see :func:`adagrad_gluon.d2l.diagnostics.effective_learning_rates`.
         """
         acc = state[1] if isinstance(state, (tuple, list)) else state
         return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
@@ -290,7 +290,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def __setstate__(self, state: dict) -> None:
         """Unpickle, resolving ``kernel`` again for this machine (a parameter server or another
         host may lack the compiler the pickling one had): ``'auto'`` may fall back, ``'fused'``
-        raises :class:`~adagrad_gluon.kernels.KernelUnavailableError` here, not mid-training.
+        raises :class:`~adagrad_gluon.optim.kernels.KernelUnavailableError` here, not mid-training.
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
         self._options, self._option_values = None, None
