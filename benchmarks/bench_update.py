@@ -10,6 +10,14 @@ parameter); time ends when ``nd.waitall()`` returns. Torch rows need ``torch`` i
 (``pip install adagrad-gluon[torch]``); they use as many threads as the fused kernels,
 and torch's fused Adagrad runs once more on one thread (on small tensors that is faster).
 
+The physical bound runs in the same interleaved loop: ``stream_bound.cc`` beside this file, a
+plain streaming loop over the same total number of elements (one flat array) with the fused
+float32 update's traffic, read w, g, s and write w, s (20 B/element), and the cheapest body that
+needs all five accesses (``s += g*g; w -= c*g*s``), built with the kernels' compiler and flags
+(``adagrad_gluon.optim.kernels.build_module``) and run on as many OpenMP threads (one below
+65536 elements, as they do). Every method is reported in GB/s at those 20 B/element and as a
+fraction of the bound's bandwidth (its time / the method's time), with the thread counts.
+
     python benchmarks/bench_update.py [--repeats 7] [--cases 1x10M,1000x1k] [--threads N]
 
 Not a test: numbers depend on the machine and its load.
@@ -18,9 +26,15 @@ Not a test: numbers depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import shlex
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -28,11 +42,15 @@ from mxnet import nd
 
 import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels
+from adagrad_gluon.optim.kernels import build_module
 
 CASES = {"1x10M": (1, 10_000_000), "10x1M": (10, 1_000_000), "1000x1k": (1000, 1000),
          "1000x10": (1000, 10)}
 LR = 0.01
 FUSED = "adagrad_scratch fused multi-tensor"
+BOUND = "streaming bound (read w,g,s; write w,s)"
+BOUND_SOURCE = Path(__file__).resolve().parent / "stream_bound.cc"
+BYTES_PER_ELEMENT = 20  # fused float32 Adagrad: read w, g, s; write w, s (4 B each)
 
 Step = Callable[[], None]
 
@@ -88,6 +106,37 @@ def torch_adagrad(threads: int, **options) -> Callable[[int, int], Step]:
         def step() -> None:
             torch.set_num_threads(threads)
             optimizer.step()
+
+        return step
+
+    return make
+
+
+def build_bound(directory: str) -> Callable:
+    """Compile ``stream_bound.cc`` into ``directory`` with the fused kernels' compiler and
+    flags; return its ``stream_bound`` function (loaded with ctypes)."""
+    output = Path(directory) / "libstream_bound.so"
+    command = [*shlex.split(build_module.compiler()), *build_module.CXXFLAGS, str(BOUND_SOURCE),
+               "-o", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr}")
+    function = ctypes.CDLL(str(output)).stream_bound
+    pointer = ctypes.POINTER(ctypes.c_float)
+    function.argtypes = [pointer, pointer, pointer, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    function.restype = None
+    return function
+
+
+def streaming(function: Callable, threads: int) -> Callable[[int, int], Step]:
+    """The bound: ``function`` over one flat array of ``count * size`` elements."""
+    def make(count: int, size: int) -> Step:
+        weights, grads = _arrays(1, count * size)
+        arrays = (weights[0], grads[0], np.zeros_like(weights[0]))
+        pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]
+
+        def step() -> None:
+            function(*pointers, arrays[0].size, LR, threads)
 
         return step
 
@@ -156,24 +205,45 @@ def main(argv: list[str] | None = None) -> None:
         torch_threads, torch_version = None, "not installed"
     print(f"mxnet {mx.__version__}; fused kernels: {threads} OpenMP threads (torch rows: "
           f"{threads} unless said); torch {torch_version}")
+    with tempfile.TemporaryDirectory() as directory:
+        bound = streaming(build_bound(directory), threads)
+    print(f"machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} usable by this process; "
+          f"bound: {BOUND_SOURCE.name} built with "
+          f"{shlex.join([build_module.compiler(), *build_module.CXXFLAGS])}, {threads} threads")
     for case in args.cases.split(","):
         count, size = CASES[case]
-        steps = {name: make(count, size) for name, make in methods(torch_threads).items()}
-        times = measure(steps, args.repeats, args.seconds)
-        print(f"\n{case}: {count} float32 parameters of {size} elements, "
-              f"min / median of {args.repeats} repeats")
-        print(f"  {'method':38} {'ms/step':>9} {'median':>9} {'elements/s':>11}")
-        best = {name: min(t) for name, t in times.items()}
-        for name, t in times.items():
-            print(f"  {name:38} {best[name] * 1e3:9.2f} {statistics.median(t) * 1e3:9.2f} "
-                  f"{count * size / best[name]:11.3g}")
-        fused = best[FUSED]
-        print(f"  speed-up of {FUSED} (time of the other / its time):")
-        for other in best:
-            if other != FUSED:
-                print(f"    over {other:36} {best[other] / fused:8.2f}x")
+        makers = {**methods(torch_threads), BOUND: bound}
+        steps = {name: make(count, size) for name, make in makers.items()}
+        report(case, measure(steps, args.repeats, args.seconds), args.repeats)
         del steps
 
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def report(case: str, times: dict[str, list], repeats: int) -> None:
+    """Print one case: per method the min and median time per step, elements/s, GB/s at 20
+    B/element and the fraction of the bound's bandwidth; then the fused update's speed-ups."""
+    count, size = CASES[case]
+    elements = count * size
+    print(f"\n{case}: {count} float32 parameters of {size} elements, "
+          f"min / median of {repeats} repeats")
+    print(f"  {'method':38} {'ms/step':>9} {'median':>9} {'elements/s':>11} {'GB/s':>7} "
+          f"{'of bound':>8}")
+    best = {name: min(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"  {name:38} {best[name] * 1e3:9.3f} {statistics.median(t) * 1e3:9.3f} "
+              f"{elements / best[name]:11.3g} "
+              f"{elements * BYTES_PER_ELEMENT / best[name] / 1e9:7.2f} "
+              f"{best[BOUND] / best[name]:8.1%}")
+    fused = best[FUSED]
+    print(f"  {FUSED} at {best[BOUND] / fused:.1%} of the streaming bound "
+          f"({elements * BYTES_PER_ELEMENT / best[BOUND] / 1e9:.2f} GB/s)")
+    print(f"  speed-up of {FUSED} (time of the other / its time):")
+    for other in best:
+        if other not in (FUSED, BOUND):
+            print(f"    over {other:36} {best[other] / fused:8.2f}x")
 
 if __name__ == "__main__":
     main()
