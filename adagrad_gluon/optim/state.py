@@ -29,6 +29,7 @@ budgets (exact ones where the reader knows the shapes) and written atomically
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -169,9 +170,14 @@ def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
         if entry.index in params:
             raise ValueError(f"{path}: parameter #{entry.index} ({entry.name}) has two entries")
         params[entry.index] = entry
+    num_update = check_count(f"{path}: num_update", meta.get("num_update"))
+    largest = max((entry.update_count for entry in params.values()), default=0)
+    if num_update < largest:
+        raise ValueError(f"{path}: num_update {num_update} is less than the largest update "
+                         f"count of a parameter ({largest}): the counts are inconsistent")
     return SavedStates(path=path, optimizer=meta["optimizer"], options=meta["options"],
                        scheduler=meta["scheduler"], token=meta["token"], params=params,
-                       num_update=check_count(f"{path}: num_update", meta.get("num_update")))
+                       num_update=num_update)
 
 
 # -- resuming ------------------------------------------------------------------------------------
@@ -195,18 +201,40 @@ def check_resumable(saved: SavedStates, optimizer, *, check_options: bool = True
                          f"create the trainer with the saved options to resume")
 
 
-def restore_scheduler(optimizer, saved: SavedStates) -> None:
-    """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
-    class (another class starts its own schedule): its public scalar attributes (those it
-    has; nothing else is set) take the saved values."""
+def _same_kind(saved, current) -> bool:
+    """``saved`` may replace ``current``: a finite number for a number (int and float mix;
+    a bool is not a number), else a value of the same type."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number(current):
+        return number(saved) and math.isfinite(saved)
+    return type(saved) is type(current)
+
+
+def scheduler_updates(optimizer, saved: SavedStates) -> dict:
+    """The saved ``lr_scheduler`` attributes that :func:`restore_scheduler` sets (none if
+    there is no scheduler of the saved class): those the current scheduler has; ``ValueError``
+    naming the file if a scalar is not of the current attribute's type or not finite."""
     scheduler = optimizer.lr_scheduler
     if saved.scheduler is None or scheduler is None \
             or saved.scheduler["class"] != class_path(scheduler):
-        return
+        return {}
     current = scalar_attributes(scheduler)
-    for name, value in saved.scheduler["attributes"].items():
-        if name in current and isinstance(value, SCALARS):
-            setattr(scheduler, name, value)
+    updates = {name: value for name, value in saved.scheduler["attributes"].items()
+               if name in current and isinstance(value, SCALARS)}
+    for name, value in updates.items():
+        if not _same_kind(value, current[name]):
+            raise ValueError(f"{saved.path}: the lr_scheduler's {name!r} is {value!r:.80} in "
+                             f"the file, which cannot replace the trainer's {current[name]!r}")
+    return updates
+
+
+def restore_scheduler(optimizer, saved: SavedStates) -> None:
+    """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
+    class (another class starts its own schedule): its public scalar attributes (those it
+    has; nothing else is set) take the saved values, checked by :func:`scheduler_updates`."""
+    for name, value in scheduler_updates(optimizer, saved).items():
+        setattr(optimizer.lr_scheduler, name, value)
 
 
 # -- a gluon.Trainer's states ---------------------------------------------------------------------
@@ -248,6 +276,7 @@ def _check_for_trainer(saved: SavedStates, trainer: gluon.Trainer, optimizer,
                        check_names: bool, partial: bool) -> None:
     """``saved`` (its ``meta``) can be loaded into ``trainer``: see :func:`load_states`."""
     check_resumable(saved, optimizer)
+    scheduler_updates(optimizer, saved)
     _check_entries(saved, trainer, optimizer, check_names)
     params = trainer_params(trainer)
     missing = [params[i].name for i in trained_indices(trainer) if i not in saved.params]
