@@ -127,9 +127,11 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
 
 def read_states_file(path: str | os.PathLike, *, what: str,
                      meta_bytes: int | None = None, max_expansion: float | None = None,
-                     check: Callable[[SavedStates], None] | None = None) -> SavedStates:
+                     check: Callable[[SavedStates], None] | None = None,
+                     arrays: bool = True) -> SavedStates:
     """Read a file of this schema; ``check(saved)`` (``saved`` without arrays) may refuse it
-    before any array is read. Each array must have exactly the shape and dtype its entry
+    before any array is read; ``arrays=False`` reads ``meta`` only (no array is read or
+    checked). Each array must have exactly the shape and dtype its entry
     declares, finite, an accumulator ``>= 0``; no other array may be in the file.
 
     ``meta`` may hold at most ``meta_bytes`` (any amount if ``None``), all arrays together
@@ -142,6 +144,8 @@ def read_states_file(path: str | os.PathLike, *, what: str,
         saved = _read_meta(path, npz, what)
         if check is not None:
             check(saved)
+        if not arrays:
+            return saved
         for entry in saved.params.values():
             members.update(entry.members())
         expected = set(members) - {"meta"}
@@ -272,10 +276,14 @@ def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,
                              f"file, unlike in the trainer")
 
 
-def _check_for_trainer(saved: SavedStates, trainer: gluon.Trainer, optimizer,
-                       check_names: bool, partial: bool) -> None:
-    """``saved`` (its ``meta``) can be loaded into ``trainer``: see :func:`load_states`."""
-    check_resumable(saved, optimizer)
+def check_for_trainer(saved: SavedStates, trainer: gluon.Trainer, *, check_names: bool = True,
+                      partial: bool = False, check_options: bool = True) -> None:
+    """``ValueError`` unless ``saved`` (its ``meta``) can be loaded into ``trainer``: the
+    optimizer (:func:`check_resumable`) and scheduler (:func:`scheduler_updates`) can continue
+    from it, each entry matches the trainer's parameter of its index (name, shape, dtype,
+    master weight) and, unless ``partial``, every parameter the trainer updates has one."""
+    optimizer, _ = trainer_updaters(trainer)
+    check_resumable(saved, optimizer, check_options=check_options)
     scheduler_updates(optimizer, saved)
     _check_entries(saved, trainer, optimizer, check_names)
     params = trainer_params(trainer)
@@ -308,7 +316,7 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
     saved = read_states_file(
         path, what="adagrad_gluon state file",
         meta_bytes=META_BYTES + META_BYTES_PER_PARAM * len(trainer_params(trainer)),
-        check=lambda s: _check_for_trainer(s, trainer, optimizer, check_names, partial))
+        check=lambda s: check_for_trainer(s, trainer, check_names=check_names, partial=partial))
     for index, entry in saved.params.items():
         install_state(trainer, optimizer, index, saved.arrays.get(f"master/{index}"),
                       saved.arrays[f"acc/{index}"], entry.update_count)
@@ -320,7 +328,8 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
 
 
 __all__ = ["FORMAT", "VERSION", "OPTION_NAMES", "SavedStates", "StateFileError",
-           "atomic_write", "check_resumable", "load_states", "load_torch_state_dict",
+           "atomic_write", "check_for_trainer", "check_resumable", "load_states",
+           "load_torch_state_dict",
            "optimizer_options", "read_states_file", "remove_stale_temporaries",
            "restore_scheduler", "save_states", "to_torch_state_dict", "trainer_updaters",
            "write_states_file"]
