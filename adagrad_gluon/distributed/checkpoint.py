@@ -78,13 +78,14 @@ def write_states(path: str | os.PathLike, updater, *, token: str = "") -> None:
     write_states_file(path, optimizer, states, token=token)
 
 
-def read_states(path: str | os.PathLike) -> SavedStates:
+def read_states(path: str | os.PathLike, *, arrays: bool = True) -> SavedStates:
     """Read a file from :func:`write_states`; :class:`CheckpointError` if it is not one (a
     FIFO, a corrupt or truncated archive, one whose arrays would expand to more than
-    :data:`MAX_EXPANSION` times its size are refused before any of it is decompressed)."""
+    :data:`MAX_EXPANSION` times its size are refused before any of it is decompressed).
+    ``arrays=False`` reads its ``meta`` only."""
     path = Path(path)
     try:
-        return read_states_file(path, what=WHAT, max_expansion=MAX_EXPANSION)
+        return read_states_file(path, what=WHAT, max_expansion=MAX_EXPANSION, arrays=arrays)
     except FileNotFoundError as exc:
         raise CheckpointError(f"optimizer states file {path} does not exist") from exc
     except StateFileError as exc:

@@ -37,6 +37,7 @@ The ``gluon.Trainer`` internals of MXNet 1.9.1 this needs are reached through
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import uuid
@@ -46,6 +47,7 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 from ..optim import _gluon
+from ..optim.state import check_for_trainer
 from ..validation import check_positive_int
 from . import checkpoint, protocol
 from .environment import check_worker_environment, kvstore_type, num_servers
@@ -117,7 +119,7 @@ class DistTrainer:
         for rank in range(count):
             path = checkpoint.server_file(directory, rank, count)
             try:
-                written = checkpoint.read_states(path).token == token
+                written = checkpoint.read_states(path, arrays=False).token == token
             except checkpoint.CheckpointError:
                 written = False
             if not written:
@@ -141,13 +143,17 @@ class DistTrainer:
         optimizer = _gluon.optimizer_of(self.trainer)
         if self.update_on_kvstore:
             if self.rank == 0:
-                for saved in _read_server_files(directory):
+                saved_files = _read_server_files(directory)
+                for saved in saved_files:
                     checkpoint.check_compatible(saved, optimizer, check_options=check_options)
+                _check_server_entries(saved_files, self.trainer, optimizer)
                 protocol.send_command(self.kvstore, protocol.LOAD_STATES,
                                       directory=str(directory), check_options=check_options)
         else:
             saved = checkpoint.read_states(checkpoint.worker_file(directory))
-            checkpoint.check_compatible(saved, optimizer, check_options=check_options)
+            # worker 0 writes the updater's keys (the parameters' indices) as their names
+            check_for_trainer(saved, self.trainer, check_names=False,
+                              check_options=check_options)
             for updater in _gluon.local_updaters(self.trainer):
                 checkpoint.restore_states(updater, saved)
         _gluon.barrier(self.kvstore)
@@ -162,7 +168,34 @@ def _read_server_files(directory: Path) -> list[checkpoint.SavedStates]:
             f"{directory} holds {', '.join(found)}: states saved by another number of servers; "
             f"this job has {count} (the servers split the keys by their number)"
         )
-    return [checkpoint.read_states(path) for path in expected]
+    return [checkpoint.read_states(path, arrays=False) for path in expected]
+
+
+def _check_server_entries(saved_files: list[checkpoint.SavedStates], trainer: gluon.Trainer,
+                          optimizer: mx.optimizer.Optimizer) -> None:
+    """``ValueError`` unless each key of the servers' files is a parameter index of
+    ``trainer`` whose size the key's arrays (over all files) add up to, with a master weight
+    where the trainer has one. A server keeps flat arrays, and a big one (more than
+    ``MXNET_KVSTORE_BIGARRAY_BOUND`` elements) is split across the servers under the same
+    key, so sizes, not shapes, are what can be checked; nor can coverage (a server has no
+    state for a key before its first update)."""
+    params = _gluon.trainer_params(trainer)
+    sizes: dict[int, int] = {}
+    for saved in saved_files:
+        for key, entry in saved.params.items():
+            if key >= len(params):
+                raise ValueError(f"{saved.path}: state for key {key}, but the trainer has "
+                                 f"{len(params)} parameters")
+            if entry.master != _gluon.has_master(optimizer, params[key]):
+                raise ValueError(f"{saved.path}: key {key} ({params[key].name}) has "
+                                 f"{'a' if entry.master else 'no'} float32 master weight in "
+                                 f"the file, unlike in the trainer")
+            sizes[key] = sizes.get(key, 0) + math.prod(entry.shape)
+    for key, size in sizes.items():
+        if size != math.prod(params[key].shape):
+            raise ValueError(f"the servers' files hold {size} elements for key {key} "
+                             f"({params[key].name}), but it has shape "
+                             f"{tuple(params[key].shape)}")
 
 
 def _step_batch_size(batch_size: int, num_workers: int, sync: bool) -> int:

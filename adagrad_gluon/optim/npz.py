@@ -200,12 +200,16 @@ class NpzReader:
         return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_json(source: str, text: str):
-    """``json.loads(text)``; ``ValueError`` naming ``source`` if it is not JSON or nested too
-    deeply to parse."""
+    """``json.loads(text)``; ``ValueError`` naming ``source`` if it is not JSON (``NaN`` and
+    ``Infinity`` are not) or nested too deeply to parse."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{source} is not readable JSON: {exc}") from exc
 
 

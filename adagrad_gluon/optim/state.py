@@ -29,6 +29,7 @@ budgets (exact ones where the reader knows the shapes) and written atomically
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -126,9 +127,11 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
 
 def read_states_file(path: str | os.PathLike, *, what: str,
                      meta_bytes: int | None = None, max_expansion: float | None = None,
-                     check: Callable[[SavedStates], None] | None = None) -> SavedStates:
+                     check: Callable[[SavedStates], None] | None = None,
+                     arrays: bool = True) -> SavedStates:
     """Read a file of this schema; ``check(saved)`` (``saved`` without arrays) may refuse it
-    before any array is read. Each array must have exactly the shape and dtype its entry
+    before any array is read; ``arrays=False`` reads ``meta`` only (no array is read or
+    checked). Each array must have exactly the shape and dtype its entry
     declares, finite, an accumulator ``>= 0``; no other array may be in the file.
 
     ``meta`` may hold at most ``meta_bytes`` (any amount if ``None``), all arrays together
@@ -141,6 +144,8 @@ def read_states_file(path: str | os.PathLike, *, what: str,
         saved = _read_meta(path, npz, what)
         if check is not None:
             check(saved)
+        if not arrays:
+            return saved
         for entry in saved.params.values():
             members.update(entry.members())
         expected = set(members) - {"meta"}
@@ -169,9 +174,14 @@ def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
         if entry.index in params:
             raise ValueError(f"{path}: parameter #{entry.index} ({entry.name}) has two entries")
         params[entry.index] = entry
+    num_update = check_count(f"{path}: num_update", meta.get("num_update"))
+    largest = max((entry.update_count for entry in params.values()), default=0)
+    if num_update < largest:
+        raise ValueError(f"{path}: num_update {num_update} is less than the largest update "
+                         f"count of a parameter ({largest}): the counts are inconsistent")
     return SavedStates(path=path, optimizer=meta["optimizer"], options=meta["options"],
                        scheduler=meta["scheduler"], token=meta["token"], params=params,
-                       num_update=check_count(f"{path}: num_update", meta.get("num_update")))
+                       num_update=num_update)
 
 
 # -- resuming ------------------------------------------------------------------------------------
@@ -195,18 +205,40 @@ def check_resumable(saved: SavedStates, optimizer, *, check_options: bool = True
                          f"create the trainer with the saved options to resume")
 
 
-def restore_scheduler(optimizer, saved: SavedStates) -> None:
-    """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
-    class (another class starts its own schedule): its public scalar attributes (those it
-    has; nothing else is set) take the saved values."""
+def _same_kind(saved, current) -> bool:
+    """``saved`` may replace ``current``: a finite number for a number (int and float mix;
+    a bool is not a number), else a value of the same type."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number(current):
+        return number(saved) and math.isfinite(saved)
+    return type(saved) is type(current)
+
+
+def scheduler_updates(optimizer, saved: SavedStates) -> dict:
+    """The saved ``lr_scheduler`` attributes that :func:`restore_scheduler` sets (none if
+    there is no scheduler of the saved class): those the current scheduler has; ``ValueError``
+    naming the file if a scalar is not of the current attribute's type or not finite."""
     scheduler = optimizer.lr_scheduler
     if saved.scheduler is None or scheduler is None \
             or saved.scheduler["class"] != class_path(scheduler):
-        return
+        return {}
     current = scalar_attributes(scheduler)
-    for name, value in saved.scheduler["attributes"].items():
-        if name in current and isinstance(value, SCALARS):
-            setattr(scheduler, name, value)
+    updates = {name: value for name, value in saved.scheduler["attributes"].items()
+               if name in current and isinstance(value, SCALARS)}
+    for name, value in updates.items():
+        if not _same_kind(value, current[name]):
+            raise ValueError(f"{saved.path}: the lr_scheduler's {name!r} is {value!r:.80} in "
+                             f"the file, which cannot replace the trainer's {current[name]!r}")
+    return updates
+
+
+def restore_scheduler(optimizer, saved: SavedStates) -> None:
+    """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
+    class (another class starts its own schedule): its public scalar attributes (those it
+    has; nothing else is set) take the saved values, checked by :func:`scheduler_updates`."""
+    for name, value in scheduler_updates(optimizer, saved).items():
+        setattr(optimizer.lr_scheduler, name, value)
 
 
 # -- a gluon.Trainer's states ---------------------------------------------------------------------
@@ -244,10 +276,15 @@ def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,
                              f"file, unlike in the trainer")
 
 
-def _check_for_trainer(saved: SavedStates, trainer: gluon.Trainer, optimizer,
-                       check_names: bool, partial: bool) -> None:
-    """``saved`` (its ``meta``) can be loaded into ``trainer``: see :func:`load_states`."""
-    check_resumable(saved, optimizer)
+def check_for_trainer(saved: SavedStates, trainer: gluon.Trainer, *, check_names: bool = True,
+                      partial: bool = False, check_options: bool = True) -> None:
+    """``ValueError`` unless ``saved`` (its ``meta``) can be loaded into ``trainer``: the
+    optimizer (:func:`check_resumable`) and scheduler (:func:`scheduler_updates`) can continue
+    from it, each entry matches the trainer's parameter of its index (name, shape, dtype,
+    master weight) and, unless ``partial``, every parameter the trainer updates has one."""
+    optimizer, _ = trainer_updaters(trainer)
+    check_resumable(saved, optimizer, check_options=check_options)
+    scheduler_updates(optimizer, saved)
     _check_entries(saved, trainer, optimizer, check_names)
     params = trainer_params(trainer)
     missing = [params[i].name for i in trained_indices(trainer) if i not in saved.params]
@@ -279,7 +316,7 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
     saved = read_states_file(
         path, what="adagrad_gluon state file",
         meta_bytes=META_BYTES + META_BYTES_PER_PARAM * len(trainer_params(trainer)),
-        check=lambda s: _check_for_trainer(s, trainer, optimizer, check_names, partial))
+        check=lambda s: check_for_trainer(s, trainer, check_names=check_names, partial=partial))
     for index, entry in saved.params.items():
         install_state(trainer, optimizer, index, saved.arrays.get(f"master/{index}"),
                       saved.arrays[f"acc/{index}"], entry.update_count)
@@ -291,7 +328,8 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
 
 
 __all__ = ["FORMAT", "VERSION", "OPTION_NAMES", "SavedStates", "StateFileError",
-           "atomic_write", "check_resumable", "load_states", "load_torch_state_dict",
+           "atomic_write", "check_for_trainer", "check_resumable", "load_states",
+           "load_torch_state_dict",
            "optimizer_options", "read_states_file", "remove_stale_temporaries",
            "restore_scheduler", "save_states", "to_torch_state_dict", "trainer_updaters",
            "write_states_file"]

@@ -101,9 +101,19 @@ _TORCH_OPTIONS = {"eps": "eps", "lr_decay": "lr_decay", "weight_decay": "wd",
                   "initial_accumulator_value": "initial_accumulator_value"}
 
 
-def _warn_on_other_options(optimizer, groups: list) -> None:
-    """Warn if the PyTorch state was made under other options than ``optimizer``'s."""
-    group = groups[0] if groups else {}
+def _first_group(state_dict: dict) -> dict:
+    """``state_dict['param_groups'][0]`` (``{}`` if there are none): ``ValueError`` unless
+    ``param_groups`` is a list of dicts."""
+    groups = state_dict.get("param_groups", [])
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ValueError(f"state_dict 'param_groups' must be a list of dicts, got "
+                         f"{groups!r:.80}")
+    return groups[0] if groups else {}
+
+
+def _warn_on_other_options(optimizer, group: dict) -> None:
+    """Warn if the PyTorch state was made under other options (``group``'s) than
+    ``optimizer``'s."""
     differ = {theirs: (group[theirs], getattr(optimizer, ours))
               for theirs, ours in _TORCH_OPTIONS.items()
               if theirs in group and group[theirs] != getattr(optimizer, ours)}
@@ -147,7 +157,7 @@ def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None)
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         raise ValueError("expected a torch.optim.Adagrad state_dict: a dict whose 'state' is a "
                          "dict of {parameter number: {'step', 'sum'}}")
-    _warn_on_other_options(optimizer, state_dict.get("param_groups") or [{}])
+    _warn_on_other_options(optimizer, _first_group(state_dict))
     updates = [_checked_entry(trainer, optimizer, order, key, entry)
                for key, entry in state_dict["state"].items()]
     for update in updates:  # all checked before any is installed
