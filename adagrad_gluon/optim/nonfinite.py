@@ -105,9 +105,7 @@ def _trainer_state(optimizer, index, param, k: int, weight):
     """The state parameter ``index`` has on its ``k``-th context in the ``gluon.Trainer``
     that updates it with ``optimizer`` (the one its update will be given); a new one as the
     Trainer will create it if it has none yet (or the optimizer runs on a kvstore)."""
-    trainer = param._trainer
-    if trainer is not None and trainer._optimizer is optimizer and k < len(trainer._updaters):
-        state = trainer._updaters[k].states.get(index)
-        if state is not None:
-            return state
-    return optimizer.create_state_multi_precision(index, weight)
+    from ._gluon import trainer_state  # _gluon imports the optimizer, which imports this
+
+    state = trainer_state(optimizer, param, index, k)
+    return state if state is not None else optimizer.create_state_multi_precision(index, weight)
