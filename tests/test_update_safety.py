@@ -19,12 +19,12 @@ DTYPES = ["float32", "float16", "float64"]
 
 # -- nonfinite='raise' updates nothing of the step ------------------------------------------
 
-def _mixed_dtype_trainer(policy, kernel, contexts=None, kvstore=None):
-    """A Trainer over three parameters, float32, float16 and float64, in that order (the
-    Trainer hands them over in one update call per dtype and context, the float64 one
-    last), by default updated where the gradients are (no kvstore)."""
+def _mixed_dtype_trainer(policy, kernel, contexts=None, kvstore=None, dtypes=DTYPES):
+    """A Trainer over a parameter of each of ``dtypes`` (by default float32, float16 and
+    float64), in that order (the Trainer hands them over in one update call per dtype and
+    context, the last dtype last), by default updated where the gradients are (no kvstore)."""
     params = gluon.ParameterDict("mixed_")
-    for k, dtype in enumerate(DTYPES):
+    for k, dtype in enumerate(dtypes):
         param = params.get(f"p{k}_{dtype}", shape=(3,), dtype=dtype)
         param.initialize(mx.init.Constant(0.5), ctx=list(contexts or [mx.cpu()]))
     trainer = gluon.Trainer(params, "adagrad_scratch",
@@ -51,7 +51,8 @@ def _snapshot(params, trainer):
     return ([w.asnumpy().copy() for p in params for w in p.list_data()],
             {(k, i): s.asnumpy().copy() for k, updater in enumerate(trainer._updaters)
              for i, s in updater.states.items()},
-            dict(opt._index_update_count), opt.num_update)
+            {device: dict(counts) for device, counts in opt._all_index_update_counts.items()},
+            opt.num_update)
 
 
 # 1e200 is finite in float64, but its square overflows the float64 accumulator
@@ -75,6 +76,58 @@ def test_raise_with_mixed_dtypes_updates_nothing_of_the_step(contexts, kernel, b
     _mixed_step(params, trainer)  # a good step afterwards updates every parameter
     assert all(not np.array_equal(w, w_before)
                for w, w_before in zip(_snapshot(params, trainer)[0], weights, strict=True))
+
+
+def _set_accumulators(trainer, index, value):
+    for updater in trainer._updaters:
+        updater.states[index][:] = value
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("contexts", [(mx.cpu(),), (mx.cpu(0), mx.cpu(1))],
+                         ids=["one_context", "two_contexts"])
+def test_raise_checks_the_rest_of_the_step_against_its_accumulators(contexts, kernel):
+    """The float32 parameter, updated in the step's second call, holds an accumulator near
+    float32's max: a moderate gradient (1.7e19, whose square alone fits) overflows it, and the
+    first call (float64) must see that too."""
+    params, trainer = _mixed_dtype_trainer("raise", kernel, contexts,
+                                           dtypes=("float64", "float32"))
+    _mixed_step(params, trainer)
+    _set_accumulators(trainer, 1, 3e38)
+    before = _snapshot(params, trainer)
+    assert len(before[2]) == len(contexts)
+    with pytest.raises(NonFiniteGradientError, match=r"'mixed_p1_float32'.*nothing was updated"):
+        _mixed_step(params, trainer, bad_value=1.7e19)
+    after = _snapshot(params, trainer)
+    for w, w_before in zip(after[0], before[0], strict=True):
+        np.testing.assert_array_equal(w, w_before)
+    assert after[1].keys() == before[1].keys()
+    for key, acc in before[1].items():
+        np.testing.assert_array_equal(after[1][key], acc)
+    assert after[2:] == before[2:]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("contexts", [(mx.cpu(),), (mx.cpu(0), mx.cpu(1))],
+                         ids=["one_context", "two_contexts"])
+def test_raise_does_not_check_an_update_made_earlier_in_the_step_again(contexts, kernel):
+    """The float32 parameter, updated first, ends the step with an accumulator that one more
+    such gradient would overflow: the step's later calls must not take that for this step's
+    update and raise halfway through it."""
+    params, trainer = _mixed_dtype_trainer("raise", kernel, contexts,
+                                           dtypes=("float32", "float64"))
+    _mixed_step(params, trainer)
+    _set_accumulators(trainer, 0, 1.5e38)
+    before = _snapshot(params, trainer)
+    for ctx in contexts:  # 1.5e38 + (1e19)^2 fits in float32, 1.5e38 + 2 * (1e19)^2 does not
+        with autograd.record():
+            loss = params[0].data(ctx).sum() + params[1].data(ctx).astype("float32").sum()
+        loss.backward()
+        params[0].grad(ctx)[:] = 1e19
+    trainer.step(1)
+    after = _snapshot(params, trainer)
+    assert all(not np.array_equal(w, w_b) for w, w_b in zip(after[0], before[0], strict=True))
+    assert all(np.isfinite(acc).all() for acc in after[1].values())
 
 
 # the exception MXNet's callback swallows reaches pytest as an "unraisable" warning
@@ -107,7 +160,7 @@ def test_skip_with_mixed_dtypes_skips_only_the_bad_parameter(kernel):
     np.testing.assert_array_equal(after[1][0, 2], accs[0, 2])
     assert not np.array_equal(after[0][0], weights[0])
     assert not np.array_equal(after[0][1], weights[1])
-    assert after[2] == {0: counts[0] + 1, 1: counts[1] + 1, 2: counts[2]}
+    assert after[2] == {device: {0: c[0] + 1, 1: c[1] + 1, 2: c[2]} for device, c in counts.items()}
     assert trainer._optimizer.nonfinite_skipped == {2: 1}
 
 

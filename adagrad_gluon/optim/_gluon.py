@@ -197,3 +197,13 @@ def set_server_updater(kvstore: mx.kvstore.KVStore, update) -> None:
 def send_to_servers(kvstore: mx.kvstore.KVStore, head: int, body: str) -> None:
     """Send a command to every server's controller."""
     kvstore._send_command_to_servers(head, body)
+
+
+def trainer_state(optimizer: mx.optimizer.Optimizer, param: gluon.Parameter, index: int,
+                  k: int) -> State | None:
+    """The state parameter ``index`` has on its ``k``-th context in the ``gluon.Trainer`` that
+    updates it with ``optimizer`` (None if it has none there yet, or no such Trainer)."""
+    trainer = param._trainer
+    if trainer is None or trainer._optimizer is not optimizer or k >= len(trainer._updaters):
+        return None
+    return trainer._updaters[k].states.get(index)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import nd
 
-from .checks import Checked, accumulator_dtype, check_storage
+from .checks import Checked, accumulator_dtype, check_arrays
 from .functional import prepared_gradient
 from .options import AdagradOptions, flush_subnormal
 
@@ -33,7 +33,10 @@ def safe_updates(optimizer, options: AdagradOptions, indices: Sequence,
               for c, wd in zip(checked, wds, strict=True)]
     named = list(indices)
     if optimizer.nonfinite == "raise":
-        for i, rest in _rest_of_step(optimizer, options, [c.grad for c in checked]):
+        ours = {(i, str(c.weight.context)) for i, c in zip(indices, checked, strict=True)}
+        if ours & optimizer._step_updated:  # a new step of the Trainer begins
+            optimizer._step_updated.clear()
+        for i, rest in _rest_of_step(optimizer, options, ours | optimizer._step_updated):
             named.append(i)
             probes.append(rest)
     safe = np.isfinite(nd.concat(*[p.reshape((1,)) for p in probes], dim=0).asnumpy())
@@ -44,6 +47,8 @@ def safe_updates(optimizer, options: AdagradOptions, indices: Sequence,
             f"non-finite gradient (NaN or infinity), or one whose square overflows the "
             f"accumulator, for parameter(s) {names}; nothing was updated. "
             f"nonfinite='skip' skips such updates instead")
+    if optimizer.nonfinite == "raise":
+        optimizer._step_updated |= ours
     for i in bad:
         optimizer.nonfinite_skipped[i] = optimizer.nonfinite_skipped.get(i, 0) + 1
     return safe[:len(indices)].tolist()
@@ -72,21 +77,35 @@ def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
 
 
 def _rest_of_step(optimizer, options: AdagradOptions,
-                  grads) -> list[tuple[int, nd.NDArray]]:
+                  updated: set) -> list[tuple[int, nd.NDArray]]:
     """``(index, probe)`` for the gradients of ``optimizer.param_dict`` (set by
-    ``gluon.Trainer``) other than ``grads``: the rest of the step, which the Trainer hands over
-    in further calls (one per dtype). Their accumulators are not known here, so each
-    gradient's own square is checked."""
+    ``gluon.Trainer``) whose ``(index, context)`` is not in ``updated`` (this call's, and those
+    updated earlier in this step): the rest of the step, which the Trainer hands over in
+    further calls (one per dtype and context). Each is probed against the state its update
+    will get (:func:`_trainer_state`), as the update itself would be."""
     probes = []
     for i, param in optimizer.param_dict.items():
         if param.grad_req == "null":
             continue
         name = optimizer._name(i)
         wd = flush_subnormal(optimizer._get_wds([i])[0])
-        for weight, grad in zip(param.list_data(), param.list_grad(), strict=True):
-            if any(grad is g for g in grads):
+        for k, (weight, grad) in enumerate(zip(param.list_data(), param.list_grad(),
+                                               strict=True)):
+            if (i, str(weight.context)) in updated:
                 continue
-            check_storage(name, weight, grad)
+            state = _trainer_state(optimizer, i, param, k, weight)
+            master, acc = state if isinstance(state, (tuple, list)) else (None, state)
+            check_arrays(name, weight, grad, acc, master)
             row_sparse = grad.stype == "row_sparse"
-            probes.append((i, probe(options, weight, grad, None, None, row_sparse, wd)))
+            probes.append((i, probe(options, weight, grad, acc, master, row_sparse, wd)))
     return probes
+
+
+def _trainer_state(optimizer, index, param, k: int, weight):
+    """The state parameter ``index`` has on its ``k``-th context in the ``gluon.Trainer``
+    that updates it with ``optimizer`` (the one its update will be given); a new one as the
+    Trainer will create it if it has none yet (or the optimizer runs on a kvstore)."""
+    from ._gluon import trainer_state  # _gluon imports the optimizer, which imports this
+
+    state = trainer_state(optimizer, param, index, k)
+    return state if state is not None else optimizer.create_state_multi_precision(index, weight)

@@ -147,6 +147,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+        # nonfinite='raise': (index, context) updated so far in the Trainer's current step
+        self._step_updated: set = set()
 
     @property
     def options(self) -> AdagradOptions:
@@ -294,6 +296,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
         self._options, self._option_values = None, None
+        self._step_updated = set()
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
