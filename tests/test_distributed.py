@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -32,12 +33,14 @@ from adagrad_gluon.distributed import (
     check_optimizer_for_servers,
     checkpoint,
     create_kvstore,
+    environment,
     kvstore_type,
     launch,
     prepare_trainer,
     protocol,
     role_environment,
 )
+from adagrad_gluon.distributed.environment import free_port
 from adagrad_gluon.optim.state import VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -529,6 +532,18 @@ def test_optimizer_that_cannot_be_pickled_is_refused():
 
 
 # -- environment and protocol --------------------------------------------------------------------
+
+def test_the_scheduler_port_is_free_and_outside_the_ephemeral_range():
+    """The scheduler binds its port after importing mxnet and never retries; meanwhile the
+    servers and workers take ports with bind(0) from the ephemeral range, which once handed
+    one of them the scheduler's port ("bind failed"). A port from outside cannot collide so."""
+    low, high = environment._ephemeral_range()
+    ports = {free_port() for _ in range(20)}
+    for port in ports:
+        assert not low <= port <= high, (port, low, high)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free: nothing listens on it
+
 
 def test_role_environment_never_passes_port_or_a_server_role():
     base = {"PORT": "9000", "DMLC_ROLE": "server", "HOME": "/home/x"}

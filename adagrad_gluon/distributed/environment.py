@@ -21,8 +21,10 @@ as the process's own port, so one inherited ``PORT`` would make every process bi
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 
 from ..validation import check_choice
 
@@ -36,10 +38,41 @@ _CLEARED = ("PORT", "DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+    """A TCP port on ``host`` that nothing listens on right now, for the scheduler.
+
+    Taken outside the kernel's ephemeral range where it can: the scheduler binds it a moment
+    later (after importing mxnet) and, unlike the other ps-lite nodes, never retries, while the
+    servers and workers pick their own ports with ``bind(0)`` from the ephemeral range in the
+    meantime: a port from there could be handed to one of them first ("bind failed")."""
+    low, _ = _ephemeral_range()
+    for port in random.sample(range(_FIRST_UNPRIVILEGED, low), min(64, low - _FIRST_UNPRIVILEGED)):
+        if _bindable(host, port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+_FIRST_UNPRIVILEGED = 10000  # well above the ports services commonly listen on
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ``bind(0)`` and outgoing connections (Linux; else IANA's)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = map(int, text.split())
+    except (OSError, ValueError):
+        return 49152, 65535
+    return max(low, _FIRST_UNPRIVILEGED), high
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def role_environment(role: str, *, root_uri: str, root_port: int, num_workers: int,
