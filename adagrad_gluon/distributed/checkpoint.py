@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from mxnet import nd
 
-from ..optim._gluon import replace_states, split_state, update_counts
+from ..optim._gluon import replace_states, update_counts
+from ..optim.checks import split_state
 from ..optim.schema import class_path, optimizer_options
 from ..optim.state import (
     SavedStates,

@@ -12,10 +12,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
+from .checks import State, split_state
 from .optimizer import AdagradScratch
-
-State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
-
 
 # -- gluon.Trainer ------------------------------------------------------------------------------
 
@@ -115,11 +113,6 @@ def local_updaters(trainer: gluon.Trainer) -> list[mx.optimizer.Updater]:
 def has_master(optimizer: AdagradScratch, param: gluon.Parameter) -> bool:
     """Whether ``param``'s state holds a float32 master weight next to its accumulator."""
     return bool(optimizer.multi_precision) and np.dtype(param.dtype) == np.float16
-
-
-def split_state(state: State) -> tuple[nd.NDArray | None, nd.NDArray]:
-    """``(master weight or None, accumulator)`` of an ``adagrad_scratch`` state."""
-    return (state[0], state[1]) if isinstance(state, (tuple, list)) else (None, state)
 
 
 def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:

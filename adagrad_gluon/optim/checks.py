@@ -10,6 +10,14 @@ from typing import NamedTuple
 import numpy as np
 from mxnet import nd
 
+# a parameter's state: its accumulator, or (float32 master weight, accumulator)
+State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
+
+
+def split_state(state: State) -> tuple[nd.NDArray | None, nd.NDArray]:
+    """``(master weight or None, accumulator)`` of an ``adagrad_scratch`` state."""
+    return (state[0], state[1]) if isinstance(state, (tuple, list)) else (None, state)
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -36,7 +44,7 @@ def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, sta
     objects than those ``cache`` holds for ``index`` (an NDArray's shape, dtype and storage
     type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
     every step, so they are checked every time. ``name_of(index)`` names it in messages."""
-    master, acc = state if isinstance(state, (tuple, list)) else (None, state)
+    master, acc = split_state(state)
     known = cache.get(index)
     if known is None or not (known.weight is weight and known.grad is grad
                              and known.acc is acc and known.master is master):

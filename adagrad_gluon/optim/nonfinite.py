@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from mxnet import nd
 
-from .checks import Checked, accumulator_dtype, check_arrays
+from .checks import Checked, accumulator_dtype, check_arrays, split_state
 from .functional import prepared_gradient
 from .options import AdagradOptions, flush_subnormal
 
@@ -94,7 +94,7 @@ def _rest_of_step(optimizer, options: AdagradOptions,
             if (i, str(weight.context)) in updated:
                 continue
             state = _trainer_state(optimizer, i, param, k, weight)
-            master, acc = state if isinstance(state, (tuple, list)) else (None, state)
+            master, acc = split_state(state)
             check_arrays(name, weight, grad, acc, master)
             row_sparse = grad.stype == "row_sparse"
             probes.append((i, probe(options, weight, grad, acc, master, row_sparse, wd)))

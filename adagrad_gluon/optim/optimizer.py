@@ -17,7 +17,7 @@ from mxnet import nd
 
 from ..validation import check_choice, check_number
 from . import kernels
-from .checks import accumulator_dtype, check_dense_weight, checked_arrays
+from .checks import State, accumulator_dtype, check_dense_weight, checked_arrays, split_state
 from .functional import Step, denominator, reference_steps
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
 from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
@@ -26,8 +26,6 @@ __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "reg
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
 
 REGISTERED_NAME = "adagrad_scratch"
-# a parameter's state: its accumulator, or (float32 master weight, accumulator)
-State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
 # every field of AdagradOptions is an attribute of the optimizer too (rescale_grad and
 # clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
@@ -213,7 +211,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
         see :func:`adagrad_gluon.d2l.diagnostics.effective_learning_rates`.
         """
-        acc = state[1] if isinstance(state, (tuple, list)) else state
+        _, acc = split_state(state)
         return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
