@@ -76,6 +76,21 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+AUTO_AND_FUSED = """
+        import warnings
+        from adagrad_gluon import AdagradScratch, kernels
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print("AUTO:", AdagradScratch().kernel)
+        print("WARNING:", *[w.message for w in caught
+                            if issubclass(w.category, kernels.KernelFallbackWarning)])
+        try:
+            AdagradScratch(kernel="fused")
+        except kernels.KernelUnavailableError as exc:
+            print("FUSED:", exc)
+"""
+# which path kernel='auto' takes (and its warning), and what kernel='fused' says
+
 LOAD_AND_UPDATE = """
     from mxnet import nd
     from adagrad_gluon import kernels
@@ -214,19 +229,7 @@ def test_a_compiler_that_writes_nothing_is_a_failed_build(tmp_path, cache):
     with pytest.raises(kernels.KernelUnavailableError, match="exited with 0 but wrote no library"):
         kernels.build(str(silent))
     assert list(cache.rglob("*.so")) == []  # no 0-byte library left to be loaded later
-    done = _python("""
-        import warnings
-        from adagrad_gluon import AdagradScratch, kernels
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            print("AUTO:", AdagradScratch().kernel)
-        print("WARNING:", *[w.message for w in caught
-                            if issubclass(w.category, kernels.KernelFallbackWarning)])
-        try:
-            AdagradScratch(kernel="fused")
-        except kernels.KernelUnavailableError as exc:
-            print("FUSED:", exc)
-    """, _environment(cache, **{kernels.CXX_ENV: str(silent)}), tmp_path)
+    done = _python(AUTO_AND_FUSED, _environment(cache, **{kernels.CXX_ENV: str(silent)}), tmp_path)
     assert done.returncode == 0, done.stderr
     assert "AUTO: reference" in done.stdout
     assert "WARNING: adagrad_gluon: the fused Adagrad kernels are unavailable" in done.stdout
@@ -312,20 +315,9 @@ def test_a_library_in_a_cache_others_can_write_is_never_opened(unsafe, planted, 
     for path in culprits:
         change(path)
     marker = tmp_path / "constructor-ran"
-    done = _python("""
-        import warnings
-        from adagrad_gluon import AdagradScratch, kernels
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            print("AUTO:", AdagradScratch().kernel)
-        print("WARNING:", *[w.message for w in caught
-                            if issubclass(w.category, kernels.KernelFallbackWarning)])
-        try:
-            AdagradScratch(kernel="fused")
-        except kernels.KernelUnavailableError as exc:
-            print("FUSED:", exc)
-    """, _environment(cache, PLANTED_MARKER=str(marker), **{kernels.CXX_ENV: str(copier)}),
-        tmp_path)
+    environment = _environment(cache, PLANTED_MARKER=str(marker),
+                               **{kernels.CXX_ENV: str(copier)})
+    done = _python(AUTO_AND_FUSED, environment, tmp_path)
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), "the planted library was opened"
     assert "AUTO: reference" in done.stdout

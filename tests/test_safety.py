@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from mxnet import autograd, gluon, nd
+from mxnet import gluon
 
 from adagrad_gluon.data import DataFileError, read_airfoil
 from adagrad_gluon.state import FORMAT, VERSION, load_states, save_states
 
+from .trainers import dense_trainer
+
 
 def _trainer(prefix="safe_", step=False):
-    net = gluon.nn.Dense(3, in_units=4, prefix=prefix)
-    net.initialize()
-    trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1})
-    if step:  # states exist from the first update on
-        with autograd.record():
-            loss = net(nd.ones((2, 4))).sum()
-        loss.backward()
-        trainer.step(2)
-    return trainer
+    return dense_trainer(prefix, step)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mxnet import autograd, gluon, nd
+from mxnet import autograd, nd
 
 from adagrad_gluon.distributed import CheckpointError, checkpoint
 from adagrad_gluon.state import (
@@ -28,18 +28,11 @@ from adagrad_gluon.state import (
     save_states,
 )
 
+from .trainers import dense_trainer
+
 
 def _trainer(step=True, **kwargs):
-    net = gluon.nn.Dense(3, in_units=4, prefix="files_")
-    net.initialize()
-    trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1},
-                            **kwargs)
-    if step:
-        with autograd.record():
-            loss = net(nd.ones((2, 4))).sum()
-        loss.backward()
-        trainer.step(2)
-    return trainer
+    return dense_trainer("files_", step, **kwargs)
 
 
 @pytest.fixture
