@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import check_count
 from .npz import Member
 from .optimizer import accumulator_dtype
 
@@ -38,13 +39,6 @@ def scalar_attributes(obj) -> dict:
     """``obj``'s public attributes that JSON can hold (e.g. an ``lr_scheduler``'s state)."""
     return {k: v for k, v in sorted(vars(obj).items())
             if not k.startswith("_") and isinstance(v, SCALARS)}
-
-
-def check_count(source: str, value) -> int:
-    """``value`` as an int if it is an integer >= 0 (not a bool); else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{source} must be an integer >= 0, got {value!r}")
-    return int(value)
 
 
 def _array_member(shape: tuple, dtype) -> Member:
