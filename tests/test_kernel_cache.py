@@ -386,6 +386,32 @@ def test_a_killed_build_leaves_no_temporary_file(victim, built, cache, tmp_path)
     assert library.read_bytes() == built[0].read_bytes()
 
 
+def test_a_process_waiting_for_anothers_build_says_so(copier, cache, tmp_path):
+    """While another process holds the build lock, a second one says on stderr that it waits
+    (instead of stalling silently), then gets the library once the lock is released."""
+    import fcntl
+
+    library = kernels.build(str(copier))
+    err = tmp_path / "stderr"
+    with open(library.parent / "build.lock", "rb") as lock, open(err, "w") as err_file:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from adagrad_gluon import kernels; print(kernels.build())"],
+            env=_environment(cache, **{kernels.CXX_ENV: str(copier)}), cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=err_file, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for" not in err.read_text() and time.monotonic() < deadline:
+                assert process.poll() is None, err.read_text()  # it must wait, not finish
+                time.sleep(0.1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, err.read_text()
+    assert "waiting for another process to finish building" in err.read_text()
+    assert stdout.strip() == str(library)
+
+
 # -- OMP_NUM_THREADS ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["0", "-2", "many"])

@@ -221,7 +221,8 @@ def _private_directory(directory: Path) -> Path:
 
 @contextlib.contextmanager
 def _build_lock(directory: Path) -> Iterator[None]:
-    """Hold the exclusive build lock of a key directory (released when the file closes). In a
+    """Hold the exclusive build lock of a key directory (released when the file closes),
+    saying on stderr when another process holds it (its build can take a minute). In a
     cache this user may read but not write (say, built in advance by root), the lock file
     is opened for reading: enough to check and load a library, not to build one."""
     path, flags = directory / "build.lock", os.O_NOFOLLOW | os.O_CLOEXEC
@@ -232,7 +233,12 @@ def _build_lock(directory: Path) -> Iterator[None]:
             raise
         fd = os.open(path, os.O_RDONLY | flags)
     with open(fd, "rb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"adagrad_gluon: waiting for another process to finish building the fused "
+                  f"Adagrad kernels (lock {path})...", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
