@@ -1,5 +1,5 @@
-"""Building the fused kernels' library: the compiler, the cache key, the cache's trust checks,
-the digest record, the build lock, the compile and its announcement.
+"""Building the fused kernels' library: the compiler, the cache key (the trust checks are
+:mod:`.trust`), the digest record, the build lock, the compile and its announcement.
 
 The C++ source, ``adagrad_ops.cc`` beside this file, is compiled on the user's machine the
 first time an optimizer asks for it (never at import, never shipped as a binary) with
@@ -19,15 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import grp
 import hashlib
 import json
 import os
 import platform
-import pwd
 import shlex
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -37,7 +34,9 @@ from pathlib import Path
 
 import mxnet as mx
 
-from ...cache import CACHE_DIR_ENV, cache_root
+from ...cache import cache_root
+from .errors import KernelUnavailableError
+from .trust import private_directory, read_own_file
 
 CXX_ENV = "ADAGRAD_GLUON_CXX"
 SOURCE = Path(__file__).resolve().parent / "adagrad_ops.cc"
@@ -47,8 +46,7 @@ CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contr
 BUILD_TIMEOUT_SECONDS = 600
 
 
-class KernelUnavailableError(RuntimeError):
-    """The fused kernels cannot be built or loaded (no compiler, a failed build or load)."""
+
 
 
 
@@ -154,7 +152,7 @@ def ready_library(cxx: str) -> Iterator[Path]:
     with contextlib.ExitStack() as stack:
         directory = None
         try:
-            directory = _private_directory(library_path(cxx).parent)
+            directory = private_directory(library_path(cxx).parent)
             stack.enter_context(_build_lock(directory))
             _remove_temporaries(directory)
             target = directory / LIBRARY_NAME
@@ -166,57 +164,6 @@ def ready_library(cxx: str) -> Iterator[Path]:
                 f"Could not build the kernels in {directory or cache_dir()}: {exc}."
             ) from exc
         yield target
-
-
-def _untrusted(info: os.stat_result, *, ancestor: bool = False) -> str | None:
-    """Why another user could change a file or directory with this status, or ``None``. It
-    must be this user's (or root's, who can change anything anyway) and writable by nobody
-    else; an ancestor directory may be writable by others if sticky (like ``/tmp``: there
-    only an entry's owner may rename it)."""
-    uid = os.geteuid()
-    if info.st_uid not in (uid, 0):
-        return f"it is owned by uid {info.st_uid}, neither this user (uid {uid}) nor root"
-    sticky = ancestor and info.st_mode & stat.S_ISVTX
-    writable_by = 0o002 if _own_private_group(info.st_gid) else 0o022
-    if info.st_mode & writable_by and not sticky:
-        return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
-    return None
-
-
-def _own_private_group(gid: int) -> bool:
-    """Whether ``gid`` is this user's own group with no other members (the "user private
-    group" of systems whose umask is 002): then group-writable is as private as 0o700."""
-    if gid != os.getegid():
-        return False
-    try:
-        members = grp.getgrgid(gid).gr_mem
-        name = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # no entry: nothing says who else is in the group
-        return False
-    return set(members) <= {name}
-
-
-def _refuse(path: Path | str, problem: str) -> KernelUnavailableError:
-    return KernelUnavailableError(
-        f"Refusing the kernel cache: {path} is not private to this user ({problem}), so "
-        f"another user could plant a library there. Make it private (e.g. chmod go-w), or set "
-        f"{CACHE_DIR_ENV} to a directory of your own."
-    )
-
-
-def _private_directory(directory: Path) -> Path:
-    """Create the key ``directory`` and the kernels directory above it (mode 0o700) if needed;
-    return its real path if no other user can change what it holds (see
-    :func:`ready_library`), else raise :class:`KernelUnavailableError` naming the culprit."""
-    missing = [level for level in (directory, *directory.parents) if not level.exists()]
-    for level in reversed(missing):  # 0o700 whatever the umask (mkdir's parents= takes it)
-        level.mkdir(mode=0o700, exist_ok=True)
-    real = directory.resolve()
-    for depth, path in enumerate((real, *real.parents)):
-        problem = _untrusted(os.stat(path), ancestor=depth >= 2)
-        if problem is not None:
-            raise _refuse(path, problem)
-    return real
 
 
 @contextlib.contextmanager
@@ -250,17 +197,6 @@ def _remove_temporaries(directory: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _read_own_file(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file of this user's that nobody else may
-    write, checked on the very descriptor that is read (symbolic links are not followed)."""
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as file:
-        info = os.fstat(file.fileno())
-        problem = _untrusted(info) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
-        if problem is not None:
-            raise _refuse(path, problem)
-        return file.read()
-
-
 def _record_path(library: Path) -> Path:
     """The digest record written beside ``library`` after it was built."""
     return library.with_name(library.name + ".json")
@@ -277,11 +213,11 @@ def _check_library(library: Path) -> str | None:
     """Why ``library`` must be (re)built, or ``None`` if its bytes are the ones recorded when
     it was built (a truncated or replaced file, or one without a record, is rebuilt)."""
     try:
-        data = _read_own_file(library)
+        data = read_own_file(library)
     except FileNotFoundError:
         return _NOT_BUILT
     try:
-        recorded = json.loads(_read_own_file(_record_path(library)))
+        recorded = json.loads(read_own_file(_record_path(library)))
     except FileNotFoundError:
         return "no digest was recorded when it was built"
     except ValueError:
