@@ -19,6 +19,7 @@ needs all five accesses (``s += g*g; w -= c*g*s``), built with the kernels' comp
 fraction of the bound's bandwidth (its time / the method's time), with the thread counts.
 
     python benchmarks/bench_update.py [--repeats 7] [--cases 1x10M,1000x1k] [--threads N]
+    python benchmarks/bench_update.py --readme    # ... and write its table into README.md
 
 Not a test: numbers depend on the machine and its load.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 from mxnet import nd
+from readme_tables import README, markdown_table, provenance, write_section
 
 import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                              "default: kernels.num_threads()")
     parser.add_argument("--seconds", type=float, default=0.15,
                         help="target duration of one repeat of one method")
+    parser.add_argument("--readme", nargs="?", const=README, type=Path,
+                        help="write the table into this README (default: the repository's)")
     args = parser.parse_args(argv)
     kernels.load()
     if args.threads:
@@ -210,21 +214,49 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} usable by this process; "
           f"bound: {BOUND_SOURCE.name} built with "
           f"{shlex.join([build_module.compiler(), *build_module.CXXFLAGS])}, {threads} threads")
+    results = {}
     for case in args.cases.split(","):
         count, size = CASES[case]
         makers = {**methods(torch_threads), BOUND: bound}
         steps = {name: make(count, size) for name, make in makers.items()}
-        report(case, measure(steps, args.repeats, args.seconds), args.repeats)
+        results[case] = report(case, measure(steps, args.repeats, args.seconds), args.repeats)
         del steps
+    if args.readme:
+        command = "python benchmarks/bench_update.py --readme"
+        write_section("benchmarks/bench_update.py", "\n\n".join(
+            [readme_table(results), provenance(command, threads)]), args.readme)
+        print(f"\nwrote the table into {args.readme}")
+
+
+# the README's columns: its heading, the method
+README_COLUMNS = (("built-in `adagrad`", "mxnet adagrad (built-in)"),
+                  ("torch `Adagrad(fused=True)`", "torch Adagrad fused=True"),
+                  ("torch fused, 1 thread", "torch Adagrad fused=True, 1 thread"))
+
+
+def readme_table(results: dict[str, dict[str, float]]) -> str:
+    """The README's table: per case, the fused update's time and fraction of the streaming
+    bound, and each other method's time with its ratio to the fused one (>1: slower)."""
+    header = ["parameters", "`adagrad_scratch` fused", "of the bound",
+              *[heading for heading, _ in README_COLUMNS]]
+    rows = []
+    for case, best in results.items():
+        fused = best[FUSED]
+        row = [case.replace("x", "×"), f"{fused * 1e3:.2f} ms", f"{best[BOUND] / fused:.0%}"]
+        row += [f"{best[m] * 1e3:.2f} ms ({best[m] / fused:.2f}×)" if m in best else "n/a"
+                for _, m in README_COLUMNS]
+        rows.append(row)
+    return markdown_table(header, rows)
 
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def report(case: str, times: dict[str, list], repeats: int) -> None:
+def report(case: str, times: dict[str, list], repeats: int) -> dict[str, float]:
     """Print one case: per method the min and median time per step, elements/s, GB/s at 20
-    B/element and the fraction of the bound's bandwidth; then the fused update's speed-ups."""
+    B/element and the fraction of the bound's bandwidth; then the fused update's speed-ups.
+    Return the minimum seconds per step of each method."""
     count, size = CASES[case]
     elements = count * size
     print(f"\n{case}: {count} float32 parameters of {size} elements, "
@@ -244,6 +276,7 @@ def report(case: str, times: dict[str, list], repeats: int) -> None:
     for other in best:
         if other not in (FUSED, BOUND):
             print(f"    over {other:36} {best[other] / fused:8.2f}x")
+    return best
 
 if __name__ == "__main__":
     main()
