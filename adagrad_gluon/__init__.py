@@ -28,6 +28,10 @@ from .optim.state import (  # noqa: E402
     save_states,
     to_torch_state_dict,
 )
+from .optim.torch_interop import (  # noqa: E402
+    load_fbgemm_optimizer_states,
+    to_fbgemm_optimizer_states,
+)
 
 register()
 _aliases.install()
@@ -48,4 +52,5 @@ __all__ = [
     "get_data_ch10", "load_array", "DataFileError",
     "train_ch10", "train_concise_ch10", "TrainResult",
     "save_states", "load_states", "to_torch_state_dict", "load_torch_state_dict",
+    "to_fbgemm_optimizer_states", "load_fbgemm_optimizer_states",
 ]

@@ -38,17 +38,18 @@ def accumulator_dtype(weight_dtype) -> type:
 
 
 def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, state,
-                   name_of: Callable[[object], str]) -> Checked:
+                   name_of: Callable[[object], str], *, rowwise: bool = False) -> Checked:
     """Check one parameter's arrays (``state``: the accumulator, or ``(master, accumulator)``)
     and return them as a :class:`Checked`. The checks run again only when the arrays are other
     objects than those ``cache`` holds for ``index`` (an NDArray's shape, dtype and storage
     type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
-    every step, so they are checked every time. ``name_of(index)`` names it in messages."""
+    every step, so they are checked every time. ``name_of(index)`` names it in messages;
+    ``rowwise``: the accumulator is ``(rows,)`` (see :func:`accumulator_shape`)."""
     master, acc = split_state(state)
     known = cache.get(index)
     if known is None or not (known.weight is weight and known.grad is grad
                              and known.acc is acc and known.master is master):
-        check_arrays(name_of(index), weight, grad, acc, master)
+        check_arrays(name_of(index), weight, grad, acc, master, rowwise=rowwise)
         known = cache[index] = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
     if known.row_sparse:
         check_rows(name_of(index), grad, weight)
@@ -80,8 +81,21 @@ def check_storage(name: str, weight, grad) -> None:
                         f"gradients; got a {grad.stype} gradient")
 
 
-def check_arrays(name: str, weight, grad, acc, master) -> None:
-    """Refuse mismatched shapes or types instead of letting MXNet broadcast them."""
+def accumulator_shape(name: str, weight_shape: tuple, rowwise: bool) -> tuple:
+    """The accumulator's shape for a weight of ``weight_shape``: the same, or ``(rows,)`` with
+    ``rowwise`` (``ValueError`` naming parameter ``name`` for fewer than two dimensions)."""
+    if not rowwise:
+        return tuple(weight_shape)
+    if len(weight_shape) < 2:
+        raise ValueError(f"parameter {name}: rowwise=True keeps one accumulator per row of a "
+                         f"weight of two or more dimensions (an embedding table); this weight "
+                         f"has shape {tuple(weight_shape)}: use rowwise=False for it")
+    return (weight_shape[0],)
+
+
+def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False) -> None:
+    """Refuse mismatched shapes or types instead of letting MXNet broadcast them (the
+    accumulator's shape as :func:`accumulator_shape` gives it)."""
     check_storage(name, weight, grad)
     if grad.shape != weight.shape:
         raise ValueError(
@@ -91,19 +105,21 @@ def check_arrays(name: str, weight, grad, acc, master) -> None:
     if grad.dtype != weight.dtype:
         raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
                         f"match weight dtype {np.dtype(weight.dtype).name}")
-    for what, array, dtype in (("accumulator", acc, accumulator_dtype(weight.dtype)),
-                               ("master weight", master, np.float32)):
+    acc_shape = accumulator_shape(name, weight.shape, rowwise)
+    for what, array, dtype, shape in (
+            ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),
+            ("master weight", master, np.float32, weight.shape)):
         if array is not None:
-            _check_state_array(name, what, array, dtype, weight)
+            _check_state_array(name, what, array, dtype, shape, weight)
 
 
-def _check_state_array(name: str, what: str, array, dtype, weight) -> None:
+def _check_state_array(name: str, what: str, array, dtype, shape, weight) -> None:
     if not isinstance(array, nd.NDArray):
         raise TypeError(f"parameter {name}: {what} must be an NDArray, got {type(array)}")
-    if array.shape != weight.shape:
+    if array.shape != shape:
         raise ValueError(
-            f"parameter {name}: {what} (optimizer state) shape {array.shape} does not "
-            f"match weight shape {weight.shape}"
+            f"parameter {name}: {what} (optimizer state) shape {array.shape} should be "
+            f"{shape} for weight shape {weight.shape}"
         )
     if array.dtype != dtype:
         raise TypeError(f"parameter {name}: {what} (optimizer state) dtype "

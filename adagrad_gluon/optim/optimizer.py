@@ -17,10 +17,24 @@ from mxnet import nd
 
 from ..validation import check_choice, check_number
 from . import kernels
-from .checks import State, accumulator_dtype, check_dense_weight, checked_arrays, split_state
+from .checks import (
+    State,
+    accumulator_dtype,
+    accumulator_shape,
+    check_dense_weight,
+    checked_arrays,
+    split_state,
+)
 from .functional import Step, denominator, reference_steps
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
-from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
+from .options import (
+    NO_WEIGHT_DECAY_PRESETS,
+    AdagradOptions,
+    check_compat,
+    flush_subnormal,
+    optimizer_kwargs,
+    resolve,
+)
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
@@ -81,8 +95,15 @@ class AdagradScratch(mx.optimizer.Optimizer):
         (PyTorch, MXNet 2.0), or a separate ``w -= lr * wd * w`` (Keras).
     maximize : bool, default False
         Ascend instead of descend (the gradient is negated after clipping).
-    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax'}, default 'd2l'
-        A preset for the four options above, as that framework defines Adagrad (table in
+    rowwise : bool, default False (from ``compat``)
+        One accumulator per row (axis 0) instead of per coordinate, for weights of two or
+        more dimensions (embedding tables): ``s_r += mean_j(g_rj^2)``, and every coordinate
+        of row ``r`` steps by ``lr * g_rj / sqrt(s_r + eps)`` (see
+        :mod:`adagrad_gluon.optim.functional`). The state is a ``(rows,)`` array, the row width
+        times smaller. A 1-D weight raises ``ValueError`` (in ``create_state``).
+    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax', 'groupadagrad', \
+'fbgemm'}, default 'd2l'
+        A preset for the five options above, as that framework defines Adagrad (table in
         :mod:`adagrad_gluon.optim.options`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
     nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
@@ -125,6 +146,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         lr_decay: float = 0.0,
         weight_decay_mode: str | None = None,
         maximize: bool = False,
+        rowwise: bool | None = None,
         compat: str = "d2l",
         kernel: str = "auto",
         nonfinite: str = "propagate",
@@ -135,7 +157,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
                           initial_accumulator_value=initial_accumulator_value,
                           lr_decay=lr_decay, weight_decay_mode=weight_decay_mode,
                           maximize=maximize, rescale_grad=kwargs["rescale_grad"],
-                          clip_gradient=kwargs.get("clip_gradient"))
+                          clip_gradient=kwargs.get("clip_gradient"), rowwise=rowwise)
+        if compat in NO_WEIGHT_DECAY_PRESETS and kwargs["wd"]:
+            raise ValueError(f"compat={compat!r} has no weight decay (the framework refuses "
+                             f"it): wd must be 0, got {kwargs['wd']!r}")
         super().__init__(**kwargs)
         self.compat = compat
         vars(self).update(dataclasses.asdict(options))
@@ -173,9 +198,13 @@ class AdagradScratch(mx.optimizer.Optimizer):
     # -- state -------------------------------------------------------------------------------
 
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
-        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
-        check_dense_weight(self._name(index), weight)
-        return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
+        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
+        of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
+        fewer than two dimensions)."""
+        name = self._name(index)
+        check_dense_weight(name, weight)
+        return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
+                       self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
     def create_state_multi_precision(self, index: int, weight: nd.NDArray) -> State:
@@ -205,7 +234,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
         ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``),
-        the :func:`~.functional.denominator` of the update.
+        the :func:`~.functional.denominator` of the update. With ``rowwise`` one rate per row
+        (shape ``(rows,)``): each coordinate of row ``r`` steps by its row's rate times ``g``.
 
         Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
@@ -231,7 +261,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
         options = self.options
-        checked = [checked_arrays(self._checked, *args, self._name)
+        checked = [checked_arrays(self._checked, *args, self._name, rowwise=options.rowwise)
                    for args in zip(index, weight, grad, state, strict=True)]
         wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
         self._refuse_lazy_decay(index, checked, wds)
@@ -293,6 +323,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         raises :class:`~adagrad_gluon.optim.kernels.KernelUnavailableError` here, not mid-training.
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        for field in dataclasses.fields(AdagradOptions):  # options added since it was pickled
+            vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
         self._step_updated = set()
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))

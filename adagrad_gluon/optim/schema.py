@@ -19,7 +19,9 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # the options that decide what the saved numbers mean: a resumed run must share them
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                "weight_decay_mode", "maximize", "multi_precision")
+                "weight_decay_mode", "maximize", "multi_precision", "rowwise")
+# options newer than some files: their value in a file that does not name them
+OPTION_DEFAULTS = {"rowwise": False}
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 SCALARS = (bool, int, float, str, type(None))
 
@@ -76,10 +78,11 @@ class Entry:
         count = check_count(f"{path}: update_count of parameter #{index}", raw["update_count"])
         return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"])
 
-    def members(self) -> dict[str, Member]:
-        """The arrays the entry says the file holds, each of exactly its shape and dtype."""
-        members = {f"acc/{self.index}": _array_member(self.shape,
-                                                      accumulator_dtype(self.dtype))}
+    def members(self, rowwise: bool = False) -> dict[str, Member]:
+        """The arrays the entry says the file holds, each of exactly its shape and dtype (the
+        accumulator of a ``rowwise`` optimizer has one value per row: ``shape[:1]``)."""
+        acc_shape = self.shape[:1] if rowwise else self.shape
+        members = {f"acc/{self.index}": _array_member(acc_shape, accumulator_dtype(self.dtype))}
         if self.master:
             members[f"master/{self.index}"] = _array_member(self.shape, np.float32)
         return members

@@ -51,6 +51,7 @@ from .atomic import atomic_write, remove_stale_temporaries
 from .npz import Member, NpzReader, StateFileError, check_state_array, parse_json
 from .schema import (
     FORMAT,
+    OPTION_DEFAULTS,
     OPTION_NAMES,
     SCALARS,
     VERSION,
@@ -100,10 +101,11 @@ class SavedStates:
 
 def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tuple], *,
                       names: dict[int, str] | None = None, dtypes: dict[int, str] | None = None,
-                      token: str = "") -> None:
+                      shapes: dict[int, tuple] | None = None, token: str = "") -> None:
     """Write ``states`` (``{index: (master or None, acc, update count)}``, numpy arrays) of
-    ``optimizer`` to ``path`` atomically. ``names`` and ``dtypes`` are the parameters' (by
-    default ``str(index)`` and as the arrays tell: see the module docstring)."""
+    ``optimizer`` to ``path`` atomically. ``names``, ``dtypes`` and ``shapes`` are the
+    parameters' (by default ``str(index)`` and as the arrays tell: see the module docstring;
+    a row-wise accumulator tells only the number of rows)."""
     arrays: dict[str, np.ndarray] = {}
     params = []
     for index, (master, acc, count) in sorted(states.items()):
@@ -112,7 +114,9 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
             arrays[f"master/{index}"] = master
         dtype = "float16" if master is not None else np.dtype(acc.dtype).name
         params.append({"index": index, "name": (names or {}).get(index, str(index)),
-                       "shape": list(acc.shape), "dtype": (dtypes or {}).get(index, dtype),
+                       "shape": list((shapes or {}).get(index, (acc if master is None
+                                                                 else master).shape)),
+                       "dtype": (dtypes or {}).get(index, dtype),
                        "update_count": int(count), "master": master is not None})
     scheduler = optimizer.lr_scheduler
     meta = {"format": FORMAT, "version": VERSION, "optimizer": class_path(optimizer),
@@ -147,7 +151,7 @@ def read_states_file(path: str | os.PathLike, *, what: str,
         if not arrays:
             return saved
         for entry in saved.params.values():
-            members.update(entry.members())
+            members.update(entry.members(rowwise=bool(saved.options.get("rowwise"))))
         expected = set(members) - {"meta"}
         unexpected = set(npz.names) - set(members)
         if unexpected:
@@ -179,7 +183,8 @@ def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
     if num_update < largest:
         raise ValueError(f"{path}: num_update {num_update} is less than the largest update "
                          f"count of a parameter ({largest}): the counts are inconsistent")
-    return SavedStates(path=path, optimizer=meta["optimizer"], options=meta["options"],
+    options = {**OPTION_DEFAULTS, **meta["options"]}
+    return SavedStates(path=path, optimizer=meta["optimizer"], options=options,
                        scheduler=meta["scheduler"], token=meta["token"], params=params,
                        num_update=num_update)
 
@@ -251,7 +256,8 @@ def save_states(trainer: gluon.Trainer, path: str | os.PathLike) -> None:
         index: (None if master is None else master.asnumpy(), acc.asnumpy(), count)
         for index, (master, acc, count) in states.items()},
         names={i: params[i].name for i in states},
-        dtypes={i: np.dtype(params[i].dtype).name for i in states})
+        dtypes={i: np.dtype(params[i].dtype).name for i in states},
+        shapes={i: tuple(params[i].shape) for i in states})
 
 
 def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,

@@ -25,6 +25,18 @@
 //       attributes num_tensors, lrs, wds (comma-separated, one per tensor) and the options.
 //   adagrad_gluon_row_sparse_update(weight, grad, acc[, master])
 //       grad is row_sparse; only its rows of weight, acc (and master) change.
+//   adagrad_gluon_rowwise_update(weight, grad, acc[, master])
+//   adagrad_gluon_rowwise_row_sparse_update(weight, grad, acc[, master])
+//       row-wise Adagrad (dense or row_sparse grad): acc has shape (rows,), one value per
+//       row (axis 0) of a weight of two or more dimensions. Per row, g as above:
+//         s = s + sum_j(g_j * g_j) / n      // n: the row length
+//         u_j = (g_j * lr) / denom(s)        // denom as above
+//         w = w - u                          // l2, or wd == 0
+//         w = w - (u + w * wd * lr)          // step
+//         w = w - w * wd * lr;  w = w - u    // decoupled
+//       The sum runs left to right, Kahan-compensated for a dense grad (as MXNet's nd.mean)
+//       and plain for a row_sparse one (as MXNet's GroupAdaGrad sparse kernel); one pass over
+//       the row for the sum and one for the update.
 // Shared attributes, each optional (every attribute costs ~1 us per call, so callers leave
 // out those at their default): eps (1e-6), rescale_grad (1), clip_gradient (absent: no
 // clipping), eps_placement (inside|outside), weight_decay_mode (step|l2|decoupled),
@@ -585,6 +597,192 @@ MXReturnValue row_sparse_parse(const Attrs& attrs, int* num_in, int* num_out) {
   return dense_parse(attrs, false, num_in, num_out);
 }
 
+// -- row-wise Adagrad -----------------------------------------------------------------------
+
+// One row-wise update: rows of length row_size; row k of grad updates row rows[k] of weight,
+// acc (one value per row) and master, or row k if rows is nullptr (a dense gradient).
+struct RowTask {
+  void* weight;
+  const void* grad;
+  void* acc;
+  void* master;
+  const int64_t* rows;
+  int64_t row_size;
+  double lr;
+  double wd;
+};
+
+// The gradient as the step prepares it (rescale, clip, maximize, l2), in A; wv: the weight.
+template <Decay kDecay, typename A>
+inline A prepared(A grad, A wv, const Scalars<A>& c) {
+  A g = grad * c.rescale;
+  g = g > c.hi ? c.hi : (g < c.lo ? c.lo : g);
+  g = c.maximize ? -g : g;
+  if constexpr (kDecay == Decay::kL2) g = g + wv * c.wd;
+  return g;
+}
+
+// The weight's element j in A (from the master copy if kept).
+template <typename W, typename A, bool kMaster>
+inline A weight_at(const W* w, const A* m, int64_t j) {
+  if constexpr (kMaster) {
+    return m[j];
+  } else {
+    return load<A>(w[j]);
+  }
+}
+
+// Update row k of a task. kKahan: compensated sum of the squares (dense) or plain (sparse).
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace, bool kKahan>
+void rowwise_row(const RowTask& task, const Scalars<A>& c, int64_t k) {
+  const int64_t n = task.row_size;
+  const int64_t row = task.rows == nullptr ? k : task.rows[k];
+  W* __restrict w = static_cast<W*>(task.weight) + row * n;
+  const W* __restrict g = static_cast<const W*>(task.grad) + k * n;
+  A* __restrict m = kMaster ? static_cast<A*>(task.master) + row * n : nullptr;
+  A sum = 0, residual = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const A x = prepared<kDecay>(load<A>(g[j]), weight_at<W, A, kMaster>(w, m, j), c);
+    const A square = x * x;
+    if constexpr (kKahan) {
+      const A y = square - residual;
+      const A t = sum + y;
+      residual = (t - sum) - y;
+      sum = t;
+    } else {
+      sum = sum + square;
+    }
+  }
+  A* s = static_cast<A*>(task.acc) + row;
+  const A acc = *s + sum / static_cast<A>(n);
+  *s = acc;
+  A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
+  if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
+  for (int64_t j = 0; j < n; ++j) {
+    A wv = weight_at<W, A, kMaster>(w, m, j);
+    const A u = (prepared<kDecay>(load<A>(g[j]), wv, c) * c.lr) / denom;
+    if constexpr (kDecay == Decay::kStep) {
+      wv = wv - (u + wv * c.wd * c.lr);
+    } else if constexpr (kDecay == Decay::kDecoupled) {
+      wv = wv - wv * c.wd * c.lr;
+      wv = wv - u;
+    } else {
+      wv = wv - u;
+    }
+    if constexpr (kMaster) m[j] = wv;
+    store(wv, &w[j]);
+  }
+}
+
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace, bool kKahan>
+void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
+  const Job scalars_of{nullptr, nullptr, nullptr, nullptr, 0, task.lr, task.wd};
+  const Scalars<A> c(options, scalars_of);
+  const int threads = count * task.row_size < kParallelMinElements
+                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), count));
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t k = 0; k < count; ++k) {
+    rowwise_row<W, A, kMaster, kDecay, kPlace, kKahan>(task, c, k);
+  }
+}
+
+using RowsFn = void (*)(const RowTask&, const Options&, int64_t);
+
+template <typename W, typename A, bool kMaster, Decay kDecay, bool kKahan>
+RowsFn rowwise_pick_placement(Placement placement) {
+  return placement == Placement::kInside
+             ? rowwise_rows<W, A, kMaster, kDecay, Placement::kInside, kKahan>
+             : rowwise_rows<W, A, kMaster, kDecay, Placement::kOutside, kKahan>;
+}
+
+template <typename W, typename A, bool kMaster, bool kKahan>
+RowsFn rowwise_pick_decay(Decay decay, Placement placement) {
+  switch (decay) {
+    case Decay::kStep:
+      return rowwise_pick_placement<W, A, kMaster, Decay::kStep, kKahan>(placement);
+    case Decay::kL2: return rowwise_pick_placement<W, A, kMaster, Decay::kL2, kKahan>(placement);
+    case Decay::kDecoupled:
+      return rowwise_pick_placement<W, A, kMaster, Decay::kDecoupled, kKahan>(placement);
+    default: return rowwise_pick_placement<W, A, kMaster, Decay::kNone, kKahan>(placement);
+  }
+}
+
+template <bool kKahan>
+RowsFn rowwise_pick(int weight_type, bool master, double wd, const Options& o) {
+  const Decay decay = wd == 0.0 ? Decay::kNone : o.decay_mode;
+  switch (weight_type) {
+    case mxnet::ext::kFloat32:
+      return rowwise_pick_decay<float, float, false, kKahan>(decay, o.placement);
+    case mxnet::ext::kFloat64:
+      return rowwise_pick_decay<double, double, false, kKahan>(decay, o.placement);
+    case mxnet::ext::kFloat16:
+      return master ? rowwise_pick_decay<uint16_t, float, true, kKahan>(decay, o.placement)
+                    : rowwise_pick_decay<uint16_t, float, false, kKahan>(decay, o.placement);
+    default: return nullptr;
+  }
+}
+
+// weight (rows, ...) of two or more dimensions, grad and master of its shape, acc (rows,).
+MXReturnValue rowwise_infer_shape(const Attrs& attrs,
+                                  std::vector<std::vector<unsigned int>>* in,
+                                  std::vector<std::vector<unsigned int>>*) {
+  Layout layout;
+  if (!parse_layout(attrs, false, &layout)) return MX_FAIL;
+  const std::vector<unsigned int>& weight = (*in)[0];
+  if (weight.size() < 2) {
+    MX_ERROR_MSG << "row-wise Adagrad needs a weight of two or more dimensions";
+    return MX_FAIL;
+  }
+  bool ok = (*in)[1] == weight && (*in)[2] == std::vector<unsigned int>{weight[0]};
+  if (layout.master) ok = ok && (*in)[3] == weight;
+  if (!ok) {
+    MX_ERROR_MSG << "row-wise Adagrad: grad (and master) must have the weight's shape and acc "
+                 << "the shape (rows,)";
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+template <bool kSparseGrad>
+MXReturnValue rowwise_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  double lr, wd;
+  if (!parse_layout(attrs, false, &layout) || !parse_options(attrs, &options)
+      || !get_number(attrs, "lr", &lr) || !get_number(attrs, "wd", &wd)) {
+    return MX_FAIL;
+  }
+  MXTensor& weight = (*inputs)[0];
+  // kKahan (a dense gradient) iff !kSparseGrad
+  const RowsFn update = rowwise_pick<!kSparseGrad>(weight.dtype, layout.master, wd, options);
+  if (update == nullptr) {
+    MX_ERROR_MSG << "unsupported weight type " << weight.dtype;
+    return MX_FAIL;
+  }
+  const int64_t num_rows = weight.shape[0];
+  const int64_t row_size = num_rows == 0 ? 0 : weight.size() / num_rows;
+  RowTask task{weight.data_ptr, (*inputs)[1].data_ptr, (*inputs)[2].data_ptr,
+               layout.master ? (*inputs)[3].data_ptr : nullptr, nullptr, row_size, lr, wd};
+  int64_t count = num_rows;
+  if constexpr (kSparseGrad) {
+    const MXSparse* grad = (*inputs)[1].data<MXSparse>();
+    count = grad->indices_len;
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t row = grad->indices[k];
+      if (row < 0 || row >= num_rows || (k > 0 && row <= grad->indices[k - 1])) {
+        MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
+                     << num_rows << "); index " << k << " is " << row;
+        return MX_FAIL;
+      }
+    }
+    task.grad = grad->data;
+    task.rows = grad->indices;
+  }
+  if (row_size > 0) update(task, options, count);
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(adagrad_gluon_update)
@@ -610,6 +808,22 @@ REGISTER_OP(adagrad_gluon_row_sparse_update)
     .setInferSType(infer_storage<true>)
     .setMutateInputs(mutate_inputs<false>)
     .setForward(row_sparse_forward, "cpu");
+
+REGISTER_OP(adagrad_gluon_rowwise_update)
+    .setParseAttrs(single_parse)
+    .setInferShape(rowwise_infer_shape)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(rowwise_forward<false>, "cpu");
+
+REGISTER_OP(adagrad_gluon_rowwise_row_sparse_update)
+    .setParseAttrs(row_sparse_parse)
+    .setInferShape(rowwise_infer_shape)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<true>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(rowwise_forward<true>, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version < 10700) {
