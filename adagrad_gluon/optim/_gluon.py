@@ -70,6 +70,12 @@ def has_sparse_parameters(trainer: gluon.Trainer) -> bool:
     return bool(trainer._contains_sparse_weight or trainer._contains_sparse_grad)
 
 
+def has_sparse_weight(param: gluon.Parameter) -> bool:
+    """Whether ``param``'s weight is sparse (``stype='row_sparse'``): a kvstore holds and
+    updates it, and ``param.list_data()`` refuses it."""
+    return param._stype != "default"
+
+
 def gradient_scale(trainer: gluon.Trainer) -> float:
     """The trainer's ``rescale_grad`` before ``step`` divides it by the batch size."""
     return trainer._scale
