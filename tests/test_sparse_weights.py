@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon, nd
 
+import adagrad_gluon as ag
 from adagrad_gluon import AdagradScratch
 from adagrad_gluon.distributed import prepare_trainer
+from adagrad_gluon.distributed.checkpoint import read_states
 
 ROWS, DIM = 50, 4
 
@@ -124,3 +126,23 @@ def test_prepare_trainer_refuses_sparse_parameters_updated_on_workers(net):
                             update_on_kvstore=False)
     with pytest.raises(ValueError, match="no update_on_kvstore=False"):
         prepare_trainer(trainer, 10)  # before connecting: no job is running here
+
+
+def test_states_file_of_a_sparse_embedding_before_and_after_its_first_step(tmp_path):
+    # before the first step the state was made from list_data(), which refuses a sparse weight
+    net = gluon.contrib.nn.SparseEmbedding(ROWS, DIM)
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"learning_rate": 0.1})
+    ag.save_states(trainer, tmp_path / "fresh.npz")
+    fresh = read_states(tmp_path / "fresh.npz")
+    np.testing.assert_array_equal(fresh.states[0], np.zeros((ROWS, DIM), np.float32))
+    with autograd.record():
+        loss = net(nd.array([2, 5])).sum()
+    loss.backward()
+    trainer.step(2)
+    ag.save_states(trainer, tmp_path / "one.npz")
+    acc = read_states(tmp_path / "one.npz").states[0]
+    assert (acc[[2, 5]] > 0).all() and not acc[[0, 1, 3, 4]].any()
+    ag.load_states(trainer, tmp_path / "fresh.npz")
+    ag.save_states(trainer, tmp_path / "again.npz")
+    np.testing.assert_array_equal(read_states(tmp_path / "again.npz").states[0], fresh.states[0])

@@ -131,10 +131,18 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
     states = {}
     for index in sorted(set(map(int, created)) | set(trained_indices(trainer))):
         state = created[index] if index in created else optimizer.create_state_multi_precision(
-            index, trainer._params[index].list_data()[0])
+            index, _dense_weight(trainer._params[index]))
         master, acc = split_state(state)
         states[index] = (master, acc, int(counts.get(index, optimizer.begin_num_update)))
     return optimizer, states
+
+
+def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
+    of its shape and dtype, to create a state from."""
+    if has_sparse_weight(param):
+        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+    return param.list_data()[0]
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
