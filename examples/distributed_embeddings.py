@@ -64,7 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", type=Path, help="checkpoint directory to continue from")
     parser.add_argument("--output-dir", type=Path,
                         help="write the final loss and tables to worker-RANK.npz (local.npz) here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.wd:
+        # the servers (and gluon's local kvstore, which would drop the error) update a sparse
+        # table lazily: only the rows of a step's gradients, so no decay of the others
+        parser.error("--wd: the lazy update of a sparse table cannot apply weight decay to "
+                     "the rows it skips; use --wd 0")
+    return args
 
 
 def power_law_ids(rng: np.random.RandomState, count: int, size: int) -> np.ndarray:

@@ -124,3 +124,10 @@ def test_readme_embeddings_command_finishes_with_async():
     line = readme_launch_line(EXAMPLE.name).replace("launch", "launch --async", 1)
     found = losses(run_shell_job(f"{line} {' '.join(SMALL)}"))
     assert len(found) == EPOCHS and found[-1] < found[0]
+
+
+def test_weight_decay_is_refused_before_training():
+    # gluon's local kvstore drops the optimizer's error: --local would silently train nothing
+    run = subprocess.run([PYTHON, str(EXAMPLE), "--local", "--wd", "0.01"], timeout=120,
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "--wd: the lazy update of a sparse table" in run.stderr
