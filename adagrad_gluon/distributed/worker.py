@@ -305,6 +305,13 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
                 f"known shapes (e.g. in_units=) before prepare_trainer"
             )
     kvstore_type = _kvstore_type(trainer)
+    if (_gluon.has_sparse_parameters(trainer)
+            and _gluon.kvstore_setting(trainer, "update_on_kvstore") is False):
+        raise ValueError(
+            "trainer: a parameter with a sparse weight or gradient (e.g. SparseEmbedding, "
+            "Embedding(sparse_grad=True)) is updated on the servers: on a dist kvstore MXNet "
+            "has no update_on_kvstore=False for it; leave update_on_kvstore unset (or True)"
+        )
     if _updates_on_kvstore(trainer, kvstore_type):
         check_optimizer_for_servers(_gluon.optimizer_of(trainer))
     kvstore = _connect(trainer)

@@ -70,6 +70,12 @@ def has_sparse_parameters(trainer: gluon.Trainer) -> bool:
     return bool(trainer._contains_sparse_weight or trainer._contains_sparse_grad)
 
 
+def has_sparse_weight(param: gluon.Parameter) -> bool:
+    """Whether ``param``'s weight is sparse (``stype='row_sparse'``): a kvstore holds and
+    updates it, and ``param.list_data()`` refuses it."""
+    return param._stype != "default"
+
+
 def gradient_scale(trainer: gluon.Trainer) -> float:
     """The trainer's ``rescale_grad`` before ``step`` divides it by the batch size."""
     return trainer._scale
@@ -125,10 +131,18 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
     states = {}
     for index in sorted(set(map(int, created)) | set(trained_indices(trainer))):
         state = created[index] if index in created else optimizer.create_state_multi_precision(
-            index, trainer._params[index].list_data()[0])
+            index, _dense_weight(trainer._params[index]))
         master, acc = split_state(state)
         states[index] = (master, acc, int(counts.get(index, optimizer.begin_num_update)))
     return optimizer, states
+
+
+def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
+    of its shape and dtype, to create a state from."""
+    if has_sparse_weight(param):
+        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+    return param.list_data()[0]
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,

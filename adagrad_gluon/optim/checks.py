@@ -71,6 +71,35 @@ def check_dense_weight(name: str, weight) -> None:
                         f"got {weight.dtype}")
 
 
+def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master) -> None:
+    """Refuse arrays a kvstore's update of a ``row_sparse`` weight cannot have.
+
+    A kvstore (a parameter server, or the local one of ``gluon.Trainer``) keeps the weight of a
+    ``Parameter(stype='row_sparse')`` as a float32/64 ``row_sparse`` NDArray holding every row
+    (on a server: every row of its shard) and hands the optimizer ``row_sparse`` gradients of
+    that shape. The accumulator is dense (a master weight is refused: the servers keep float32
+    weights)."""
+    if weight.dtype not in (np.float32, np.float64):
+        raise TypeError(f"parameter {name}: a row_sparse weight must be float32 or float64, "
+                        f"got {np.dtype(weight.dtype).name}")
+    if weight.indices.shape[0] != weight.shape[0]:
+        raise ValueError(f"parameter {name}: a row_sparse weight must hold every row, as a "
+                         f"kvstore keeps it; got {weight.indices.shape[0]} of {weight.shape[0]}")
+    if not isinstance(grad, nd.NDArray) or grad.stype != "row_sparse":
+        raise TypeError(f"parameter {name}: a row_sparse weight needs a row_sparse gradient, "
+                        f"got {getattr(grad, 'stype', type(grad).__name__)}")
+    if master is not None:
+        raise TypeError(f"parameter {name}: a row_sparse weight has no master weight")
+    check_gradient_matches(name, weight, grad)
+    check_rows(name, grad, weight)
+    if not (isinstance(acc, nd.NDArray) and acc.stype == "default"
+            and acc.shape[:1] == weight.shape[:1]):
+        raise ValueError(f"parameter {name}: the accumulator (optimizer state) must be a dense "
+                         f"NDArray with the weight's {weight.shape[0]} rows, got "
+                         f"{getattr(acc, 'stype', type(acc).__name__)} of shape "
+                         f"{getattr(acc, 'shape', None)}")
+
+
 def check_storage(name: str, weight, grad) -> None:
     """Refuse a weight that is not dense, or a gradient neither dense nor row_sparse."""
     check_dense_weight(name, weight)
@@ -97,6 +126,17 @@ def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False)
     """Refuse mismatched shapes or types instead of letting MXNet broadcast them (the
     accumulator's shape as :func:`accumulator_shape` gives it)."""
     check_storage(name, weight, grad)
+    check_gradient_matches(name, weight, grad)
+    acc_shape = accumulator_shape(name, weight.shape, rowwise)
+    for what, array, dtype, shape in (
+            ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),
+            ("master weight", master, np.float32, weight.shape)):
+        if array is not None:
+            _check_state_array(name, what, array, dtype, shape, weight)
+
+
+def check_gradient_matches(name: str, weight, grad) -> None:
+    """Refuse a gradient of another shape or dtype than its weight."""
     if grad.shape != weight.shape:
         raise ValueError(
             f"parameter {name}: gradient shape {grad.shape} does not match "
@@ -105,12 +145,6 @@ def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False)
     if grad.dtype != weight.dtype:
         raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
                         f"match weight dtype {np.dtype(weight.dtype).name}")
-    acc_shape = accumulator_shape(name, weight.shape, rowwise)
-    for what, array, dtype, shape in (
-            ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),
-            ("master weight", master, np.float32, weight.shape)):
-        if array is not None:
-            _check_state_array(name, what, array, dtype, shape, weight)
 
 
 def _check_state_array(name: str, what: str, array, dtype, shape, weight) -> None:

@@ -87,10 +87,13 @@ def _rest_of_step(optimizer, options: AdagradOptions,
     ``gluon.Trainer``) whose ``(index, context)`` is not in ``updated`` (this call's, and those
     updated earlier in this step): the rest of the step, which the Trainer hands over in
     further calls (one per dtype and context). Each is probed against the state its update
-    will get (:func:`_trainer_state`), as the update itself would be."""
+    will get (:func:`_trainer_state`), as the update itself would be. A sparse weight is
+    updated by its kvstore, in a call of its own, which checks its gradient."""
+    from ._gluon import has_sparse_weight  # _gluon imports the optimizer, which imports this
+
     probes = []
     for i, param in optimizer.param_dict.items():
-        if param.grad_req == "null":
+        if param.grad_req == "null" or has_sparse_weight(param):
             continue
         name = optimizer._name(i)
         wd = flush_subnormal(optimizer._get_wds([i])[0])

@@ -22,6 +22,7 @@ from .checks import (
     accumulator_dtype,
     accumulator_shape,
     check_dense_weight,
+    check_kvstore_row_sparse,
     checked_arrays,
     split_state,
 )
@@ -200,9 +201,11 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
         of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
-        fewer than two dimensions)."""
+        fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
+        (see :meth:`update`)."""
         name = self._name(index)
-        check_dense_weight(name, weight)
+        if not _is_row_sparse(weight):
+            check_dense_weight(name, weight)
         return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
                        self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
@@ -245,7 +248,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
-        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
+        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``.
+
+        ``weight`` is dense, or the ``row_sparse`` weight (every row present) a kvstore keeps for
+        a ``Parameter(stype='row_sparse')`` (e.g. ``gluon.contrib.nn.SparseEmbedding``) with
+        ``update_on_kvstore``: on parameter servers, each holding a shard of its rows, or in
+        ``gluon.Trainer``'s local kvstore. Such a weight takes ``row_sparse`` gradients and a
+        lazy update (``wd == 0``): the gradient's rows of the weight and accumulator are
+        gathered, updated as dense rows (exactly as a dense weight's rows would be), and
+        written back; the other rows are not touched.
+        """
         self.update_multi_precision(index, weight, grad, state)
 
     def update_multi_precision(self, index: int | Sequence[int],
@@ -260,6 +272,13 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
+        if any(map(_is_row_sparse, weight)):
+            for args in zip(index, weight, grad, state, strict=True):
+                if _is_row_sparse(args[1]):
+                    self._update_row_sparse_weight(*args)
+                else:
+                    self.update_multi_precision(*args)
+            return
         options = self.options
         checked = [checked_arrays(self._checked, *args, self._name, rowwise=options.rowwise)
                    for args in zip(index, weight, grad, state, strict=True)]
@@ -274,6 +293,28 @@ class AdagradScratch(mx.optimizer.Optimizer):
         lrs = self._count_and_lrs(index)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+
+    def _update_row_sparse_weight(self, index: int, weight: nd.NDArray, grad: nd.NDArray,
+                                  state: State) -> None:
+        """:meth:`update` of a kvstore's ``row_sparse`` weight: its gradient's rows only."""
+        name = self._name(index)
+        master, acc = split_state(state)
+        check_kvstore_row_sparse(name, weight, grad, acc, master)
+        wd = flush_subnormal(self._get_wds([index])[0])
+        if wd:
+            raise ValueError(
+                f"parameter {name}: a row_sparse weight gets a lazy update, which cannot apply "
+                f"weight decay to the rows it skips; set wd=0 (or wd_mult=0 for this "
+                f"parameter), got wd={wd}"
+            )
+        rows = grad.indices
+        if rows.shape[0] == 0:  # a server's shard that no gradient of this step touches
+            self._update_count(index)
+            return
+        rows_weight, rows_acc = nd.sparse.retain(weight, rows).data, nd.take(acc, rows)
+        self.update_multi_precision(index, rows_weight, grad.data, rows_acc)
+        acc[rows] = rows_acc
+        _set_rows(weight, rows, rows_weight)
 
     def _refuse_lazy_decay(self, indices, checked, wds) -> None:
         """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
@@ -333,6 +374,19 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _is_row_sparse(array) -> bool:
+    return getattr(array, "stype", None) == "row_sparse"
+
+
+def _set_rows(weight: nd.NDArray, rows: nd.NDArray, values: nd.NDArray) -> None:
+    """``weight[rows] = values``, in place, for a ``row_sparse`` weight holding every row
+    (MXNet has no such assignment): MXNet's lazy ``sgd_update`` of those rows,
+    ``w = (1 - lr * wd) * w - lr * rescale_grad * g``, with ``lr = wd = 1`` and
+    ``rescale_grad = -1`` is ``0 * w + values``, exactly ``values`` for a finite ``w``."""
+    nd.sgd_update(weight, nd.sparse.row_sparse_array((values, rows), shape=weight.shape),
+                  lr=1.0, wd=1.0, rescale_grad=-1.0, lazy_update=True, out=weight)
 
 
 def register() -> None:
