@@ -96,6 +96,27 @@ def test_resume_from_a_server_checkpoint_continues_the_run(tmp_path, sync_run):
             np.testing.assert_array_equal(resumed[name], straight[0][name])
 
 
+def test_rowwise_on_the_servers_matches_the_one_process_run_and_resumes(tmp_path):
+    """``--rowwise``: one accumulator per row on each server's shard; dist_sync equals the
+    one-process run, and a server checkpoint of the (rows,) accumulators resumes exactly."""
+    ckpt, out, straight = tmp_path / "ckpt", tmp_path / "resumed", tmp_path / "straight"
+    run_small("--rowwise", "--epochs", "1", "--save", str(ckpt))
+    for rank in range(2):
+        saved = checkpoint.read_states(ckpt / f"server-{rank}-of-2.npz")
+        assert [saved.states[key].shape for key in (0, 1)] == [(USERS // 2,), (ITEMS // 2,)]
+    run_small("--rowwise", "--epochs", str(EPOCHS), "--resume", str(ckpt),
+              "--output-dir", str(out))
+    run_small("--rowwise", "--epochs", str(EPOCHS), "--output-dir", str(straight))
+    local = run_local(tmp_path / "local", "--rowwise", "--batch-size", str(BATCH), *SMALL,
+                      "--epochs", str(EPOCHS))
+    (first, second), resumed = worker_results(straight), worker_results(out)
+    for name in ("user", "item"):
+        np.testing.assert_array_equal(first[name], second[name])
+        np.testing.assert_array_equal(resumed[0][name], first[name])
+        np.testing.assert_allclose(first[name], local[name], rtol=1e-5, atol=1e-6)
+    assert float(first["loss"]) == pytest.approx(float(local["loss"]), rel=1e-5)
+
+
 def losses(output: str) -> list[float]:
     found = LOSS.findall(output)
     assert [int(epoch) for epoch, _ in found] == list(range(1, len(found) + 1)), output

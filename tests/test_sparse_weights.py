@@ -128,6 +128,18 @@ def test_prepare_trainer_refuses_sparse_parameters_updated_on_workers(net):
         prepare_trainer(trainer, 10)  # before connecting: no job is running here
 
 
+def test_prepare_trainer_refuses_rowwise_for_dense_weights_on_the_servers():
+    # a server keeps a dense parameter as a flat array: it has no rows to keep a state for
+    net = gluon.nn.Sequential()
+    net.add(gluon.contrib.nn.SparseEmbedding(ROWS, DIM), gluon.nn.Dense(1, in_units=DIM))
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch", {"rowwise": True},
+                            kvstore="dist_sync")
+    with pytest.raises(ValueError, match=r"rowwise=True on the servers needs sparse weights.*"
+                                         r"dense0_bias, dense0_weight are dense"):
+        prepare_trainer(trainer, 10)  # before connecting: no job is running here
+
+
 def test_states_file_of_a_sparse_embedding_before_and_after_its_first_step(tmp_path):
     # before the first step the state was made from list_data(), which refuses a sparse weight
     net = gluon.contrib.nn.SparseEmbedding(ROWS, DIM)
