@@ -55,12 +55,15 @@ from bench_update import _usable_cpus, compile_library, measure  # noqa: E402
 
 import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels  # noqa: E402
+from adagrad_gluon.optim.functional import Step as UpdateStep  # noqa: E402
+from adagrad_gluon.optim.options import AdagradOptions  # noqa: E402
 
 LR, EPS = 0.01, 1e-6
 BOUND_SOURCE = Path(__file__).resolve().parent / "gather_bound.cc"
 ELEMENTWISE, ROWWISE = "elementwise", "row-wise"
 FUSED = "adagrad_scratch fused"
 FUSED_ROWWISE = "adagrad_scratch fused rowwise=True"
+OPERATOR = "adagrad_scratch operator alone"
 BUILTIN = "mxnet adagrad (built-in, sparse)"
 GROUP = "mxnet contrib.GroupAdaGrad"
 TORCH = "torch Adagrad, sparse grad"
@@ -68,9 +71,9 @@ FBGEMM = "fbgemm EXACT_ROWWISE_ADAGRAD (bwd)"
 FBGEMM_FWD, FBGEMM_BOTH = "fbgemm TBE forward only", "fbgemm TBE forward+backward"
 BOUNDS = {ELEMENTWISE: "gather bound elementwise", ROWWISE: "gather bound row-wise"}
 # the traffic (and bound) each method is measured against
-KIND = {FUSED: ELEMENTWISE, BUILTIN: ELEMENTWISE, TORCH: ELEMENTWISE, FUSED_ROWWISE: ROWWISE,
-        GROUP: ROWWISE, FBGEMM: ROWWISE, FBGEMM_FWD: ROWWISE, FBGEMM_BOTH: ROWWISE,
-        BOUNDS[ELEMENTWISE]: ELEMENTWISE, BOUNDS[ROWWISE]: ROWWISE}
+KIND = {**dict.fromkeys((FUSED, OPERATOR, BUILTIN, TORCH, BOUNDS[ELEMENTWISE]), ELEMENTWISE),
+        **dict.fromkeys((FUSED_ROWWISE, GROUP, FBGEMM, FBGEMM_FWD, FBGEMM_BOTH, BOUNDS[ROWWISE]),
+                        ROWWISE)}
 
 Step = Callable[[], None]
 
@@ -106,16 +109,32 @@ def cycling(items: list) -> Callable[[], object]:
     return itertools.cycle(items).__next__
 
 
+def row_sparse_grads(case: Case) -> list[nd.NDArray]:
+    """The case's gradients as MXNet row_sparse arrays."""
+    return [nd.sparse.row_sparse_array((nd.array(g), nd.array(r, dtype="int64")),
+                                       shape=case.weight.shape)
+            for g, r in zip(case.grads, case.rows, strict=True)]
+
+
 def mxnet_step(case: Case, optimizer: mx.optimizer.Optimizer) -> Step:
     """One update by ``optimizer`` with a row_sparse gradient, as ``gluon.Trainer`` runs it."""
     weight = nd.array(case.weight)
-    grads = [nd.sparse.row_sparse_array((nd.array(g), nd.array(r, dtype="int64")),
-                                        shape=case.weight.shape)
-             for g, r in zip(case.grads, case.rows, strict=True)]
-    updater, grad = mx.optimizer.get_updater(optimizer), cycling(grads)
+    updater, grad = mx.optimizer.get_updater(optimizer), cycling(row_sparse_grads(case))
 
     def step() -> None:
         updater([0], [grad()], [weight])
+
+    return step
+
+
+def fused_operator(case: Case) -> Step:
+    """The fused row_sparse operator alone (``kernels.fused_steps``), without the optimizer's
+    per-call work: its checks (a host sync of the rows), update counts and learning rates."""
+    weight, acc = nd.array(case.weight), nd.zeros(case.weight.shape)
+    grad, options = cycling(row_sparse_grads(case)), AdagradOptions(eps=EPS)
+
+    def step() -> None:
+        kernels.fused_steps([UpdateStep(weight, grad(), acc, None, LR, 0.0, True)], options)
 
     return step
 
@@ -231,7 +250,8 @@ def rowwise_available() -> bool:
 
 def methods(threads: int, notes: list[str]) -> dict[str, Callable[[Case], Step]]:
     """Every method that can run here; what cannot is said in ``notes``."""
-    chosen = {FUSED: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS)}
+    chosen = {FUSED: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS),
+              OPERATOR: fused_operator}
     if rowwise_available():
         chosen[FUSED_ROWWISE] = mxnet_method("adagrad_scratch", kernel="fused", eps=EPS,
                                              rowwise=True)

@@ -65,7 +65,7 @@ def test_a_small_run_reports_every_method_and_the_targets(capsys):
     bench_sparse.main(["--table", "2000", "--rows", "300", "--width", "16", "--repeats", "1",
                        "--batches", "2", "--seconds", "0.01"])
     out = capsys.readouterr().out
-    for name in (bench_sparse.FUSED, bench_sparse.BUILTIN, bench_sparse.GROUP,
+    for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN, bench_sparse.GROUP,
                  *bench_sparse.BOUNDS.values()):
         assert f"  {name} " in out
     if bench_sparse.FUSED_ROWWISE not in out:
