@@ -57,6 +57,7 @@ import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels  # noqa: E402
 from adagrad_gluon.optim.functional import Step as UpdateStep  # noqa: E402
 from adagrad_gluon.optim.options import AdagradOptions  # noqa: E402
+from adagrad_gluon.validation import positive_float, positive_int  # noqa: E402
 
 LR, EPS = 0.01, 1e-6
 BOUND_SOURCE = Path(__file__).resolve().parent / "gather_bound.cc"
@@ -284,18 +285,22 @@ def bytes_per_row(kind: str, width: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rows", type=int, default=10_000, help="unique rows per step")
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--table", type=int, default=1_000_000, help="rows of the table")
-    parser.add_argument("--batches", type=int, default=8, help="row sets cycled through")
-    parser.add_argument("--alpha", type=float, default=1.05, help="power-law exponent")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OpenMP threads of the fused kernels, the bound and torch; "
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--rows", type=positive_int, default=10_000,
+                        help="unique rows per step")
+    parser.add_argument("--width", type=positive_int, default=64)
+    parser.add_argument("--table", type=positive_int, default=1_000_000,
+                        help="rows of the table")
+    parser.add_argument("--batches", type=positive_int, default=8, help="row sets cycled through")
+    parser.add_argument("--alpha", type=positive_float, default=1.05, help="power-law exponent")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="OpenMP threads of the fused kernels, the bounds, torch and fbgemm; "
                              "default: kernels.num_threads()")
-    parser.add_argument("--seconds", type=float, default=0.15,
+    parser.add_argument("--seconds", type=positive_float, default=0.15,
                         help="target duration of one repeat of one method")
     args = parser.parse_args(argv)
+    if args.rows > args.table:
+        parser.error(f"--rows {args.rows} exceeds --table {args.table}")
     kernels.load()
     if args.threads:
         kernels.set_num_threads(args.threads)

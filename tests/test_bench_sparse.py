@@ -65,11 +65,24 @@ def test_a_small_run_reports_every_method_and_the_targets(capsys):
     bench_sparse.main(["--table", "2000", "--rows", "300", "--width", "16", "--repeats", "1",
                        "--batches", "2", "--seconds", "0.01"])
     out = capsys.readouterr().out
-    for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN, bench_sparse.GROUP,
-                 *bench_sparse.BOUNDS.values()):
+    for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN,
+                 bench_sparse.GROUP, *bench_sparse.BOUNDS.values()):
         assert f"  {name} " in out
     if bench_sparse.FUSED_ROWWISE not in out:
         assert "row-wise: not available in this build" in out
     assert "targets:" in out and "fraction of the elementwise bound" in out
     # bytes per updated row: 20 B per element + the index, or 12 B + accumulator + index
     assert f" {20 * 16 + 8} " in out and f" {12 * 16 + 16} " in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rows", "0"], "--rows: value must be >= 1, got 0"),
+    (["--width", "x"], "--width: expected an integer, got 'x'"),
+    (["--alpha", "-1"], "--alpha: value must be > 0"),
+    (["--table", "10", "--rows", "11"], "--rows 11 exceeds --table 10"),
+])
+def test_bad_flags_are_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_sparse.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
