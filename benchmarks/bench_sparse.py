@@ -20,7 +20,9 @@ on its own copy of the table):
   step's rows is timed forward alone and forward + backward (fixed output gradient); the
   update is reported as their difference (minimum minus minimum).
 
-Time per step is the minimum (and median) over interleaved repeats (``bench_update.measure``).
+Time per step is the minimum (and median) over interleaved repeats (``bench_update.measure``),
+after one warm-up cycle of the row sets; ``OMP_WAIT_POLICY`` is ``PASSIVE`` unless set (so
+one runtime's idle threads do not spin on the cores the next method needs).
 Each method is reported in rows/s and in GB/s at the bytes its update must move per row:
 elementwise float32 reads w, g, s and writes w, s (20 B per element) plus the 8 B index;
 row-wise reads w, g and writes w (12 B per element) plus the row's accumulator (read and
@@ -46,9 +48,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import mxnet as mx
-import numpy as np
-from mxnet import nd
+# Three OpenMP runtimes take turns here (MXNet's, the kernels' and the bounds' libgomp, torch's
+# own): threads that spin after their loop (the default) steal the cores of the next method on
+# a small machine, so they sleep instead, unless the caller says otherwise. Set before MXNet
+# and torch load their runtimes, which read it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import nd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_update import _usable_cpus, compile_library, measure  # noqa: E402
@@ -313,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     makers.update({BOUNDS[kind]: bound_step(f, threads) for kind, f in bounds.items()})
     print(f"mxnet {mx.__version__}; machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} "
           f"usable; threads: fused kernels, bounds, torch and fbgemm {threads}; MXNet built-ins "
-          f"MXNet's own (MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')})")
+          f"MXNet's own (MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}); "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     for note in notes:
         print(f"note: {note}")
     steps = {name: make(case) for name, make in makers.items()}
