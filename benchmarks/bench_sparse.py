@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mxnet {mx.__version__}; machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} "
           f"usable; threads: fused kernels, bounds, torch and fbgemm {threads}; MXNet built-ins "
           f"MXNet's own (MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}); "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     for note in notes:
         print(f"note: {note}")
     steps = {name: make(case) for name, make in makers.items()}
