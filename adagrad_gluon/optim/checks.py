@@ -166,7 +166,7 @@ def check_rows(name: str, grad: nd.NDArray, weight: nd.NDArray) -> None:
     host sync; MXNet itself would apply duplicates once, or fail or hang out of range)."""
     rows = grad.indices.asnumpy()
     if rows.size and (rows[0] < 0 or rows[-1] >= weight.shape[0]
-                      or (np.diff(rows) <= 0).any()):
+                      or (rows[1:] <= rows[:-1]).any()):
         raise ValueError(f"parameter {name}: the row_sparse gradient's row indices must be "
                          f"strictly increasing and in [0, {weight.shape[0]}); got "
                          f"{np.array2string(rows, threshold=10)}")

@@ -547,6 +547,71 @@ MXReturnValue dense_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
+// Rows ahead of the one being updated whose weight, accumulator (and master) lines are
+// prefetched: a row_sparse update gathers rows the hardware prefetcher cannot predict, and one
+// row of a typical embedding (64 float32) is too short for it to start.
+constexpr int64_t kPrefetchRows = 8;
+// Bytes of a row prefetched ahead (the hardware prefetcher follows the rest of a longer row).
+constexpr int64_t kPrefetchBytes = 1024;
+
+// The first ``bytes`` (at most kPrefetchBytes) of one row, for writing.
+inline void prefetch_row(const char* row, int64_t bytes) {
+  for (int64_t b = 0; b < std::min(bytes, kPrefetchBytes); b += 64) {
+    __builtin_prefetch(row + b, 1, 3);
+  }
+}
+
+// A row_sparse gradient's rows, checked: increasing and within [0, num_rows).
+bool check_rows(const MXSparse& grad, int64_t num_rows) {
+  for (int64_t k = 0; k < grad.indices_len; ++k) {
+    const int64_t row = grad.indices[k];
+    if (row < 0 || row >= num_rows || (k > 0 && row <= grad.indices[k - 1])) {
+      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
+                   << num_rows << "); index " << k << " is " << row;
+      return false;
+    }
+  }
+  return true;
+}
+
+// The lazy update: each row k of the gradient updates row indices[k] of weight, acc (and
+// master). Rows are the unit of parallel work (a row longer than kGrainElements is cut into
+// pieces of at most that many elements), handed out in chunks of ~kGrainElements elements;
+// each thread prefetches the rows kPrefetchRows ahead of the one it updates.
+void run_rows(const Job& table, const MXSparse& grad, int64_t row_size, size_t weight_bytes,
+              size_t acc_bytes, RangeFn kernel, const Options& options) {
+  const int64_t nnz = grad.indices_len;
+  const int64_t parts = std::max<int64_t>(1, (row_size + kGrainElements - 1) / kGrainElements);
+  const int64_t units = nnz * parts;
+  if (units == 0 || row_size == 0) return;  // a gradient without rows, or rows without columns
+  const int64_t w_row = row_size * static_cast<int64_t>(weight_bytes);
+  const int64_t s_row = row_size * static_cast<int64_t>(acc_bytes);
+  char* const weight = static_cast<char*>(table.weight);
+  char* const acc = static_cast<char*>(table.acc);
+  char* const master = static_cast<char*>(table.master);
+  const char* const data = static_cast<const char*>(grad.data);
+  const int64_t* const rows = grad.indices;
+  const int threads = nnz * row_size < kParallelMinElements
+                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), units));
+  const int64_t chunk = std::max<int64_t>(1, kGrainElements / row_size);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t k = u / parts;
+    const int64_t begin = (u % parts) * kGrainElements;
+    if (begin == 0 && k + kPrefetchRows < nnz) {
+      const int64_t ahead = rows[k + kPrefetchRows];
+      prefetch_row(weight + ahead * w_row, w_row);
+      prefetch_row(acc + ahead * s_row, s_row);
+      if (master != nullptr) prefetch_row(master + ahead * s_row, s_row);
+    }
+    const int64_t row = rows[k];
+    const Job job{weight + row * w_row, data + k * w_row, acc + row * s_row,
+                  master == nullptr ? nullptr : master + row * s_row, row_size, table.lr,
+                  table.wd};
+    kernel(job, options, begin, std::min(row_size, begin + kGrainElements));
+  }
+}
+
 MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                  std::vector<MXTensor>*, const OpResource&) {
   Layout layout;
@@ -564,32 +629,15 @@ MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inpu
     return MX_FAIL;
   }
   const int64_t num_rows = weight.shape.empty() ? 1 : weight.shape[0];
+  if (!check_rows(*grad, num_rows)) return MX_FAIL;
   const int64_t row_size = num_rows == 0 ? 0 : weight.size() / num_rows;
-  const int64_t nnz = grad->indices_len;
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t row = grad->indices[k];
-    if (row < 0 || row >= num_rows || (k > 0 && row <= grad->indices[k - 1])) {
-      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
-                   << num_rows << "); index " << k << " is " << row;
-      return MX_FAIL;
-    }
-  }
   const size_t weight_bytes = weight.dtype == mxnet::ext::kFloat64   ? 8
                               : weight.dtype == mxnet::ext::kFloat32 ? 4
                                                                      : 2;
   const size_t acc_bytes = weight.dtype == mxnet::ext::kFloat64 ? 8 : 4;
-  std::vector<Job> jobs;
-  std::vector<RangeFn> kernels(static_cast<size_t>(nnz), kernel);
-  jobs.reserve(static_cast<size_t>(nnz));
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t row = grad->indices[k];
-    char* master = layout.master ? static_cast<char*>((*inputs)[3].data_ptr) : nullptr;
-    jobs.push_back({static_cast<char*>(weight.data_ptr) + row * row_size * weight_bytes,
-                    static_cast<const char*>(grad->data) + k * row_size * weight_bytes,
-                    static_cast<char*>((*inputs)[2].data_ptr) + row * row_size * acc_bytes,
-                    master ? master + row * row_size * acc_bytes : nullptr, row_size, lr, wd});
-  }
-  run_jobs(jobs, kernels, options);
+  const Job table{weight.data_ptr, nullptr, (*inputs)[2].data_ptr,
+                  layout.master ? (*inputs)[3].data_ptr : nullptr, row_size, lr, wd};
+  run_rows(table, *grad, row_size, weight_bytes, acc_bytes, kernel, options);
   return MX_SUCCESS;
 }
 
