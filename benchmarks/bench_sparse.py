@@ -60,6 +60,7 @@ from mxnet import nd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_update import _usable_cpus, compile_library, measure  # noqa: E402
+from readme_tables import README, markdown_table, provenance, write_section  # noqa: E402
 
 import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels  # noqa: E402
@@ -248,24 +249,12 @@ def load_bounds(directory: str) -> dict[str, Callable]:
     return functions
 
 
-def rowwise_available() -> bool:
-    """Whether this build of adagrad_scratch takes ``rowwise=True``."""
-    try:
-        mx.optimizer.create("adagrad_scratch", rowwise=True, kernel="fused")
-    except TypeError:
-        return False
-    return True
-
-
 def methods(threads: int, notes: list[str]) -> dict[str, Callable[[Case], Step]]:
     """Every method that can run here; what cannot is said in ``notes``."""
     chosen = {FUSED: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS),
-              OPERATOR: fused_operator}
-    if rowwise_available():
-        chosen[FUSED_ROWWISE] = mxnet_method("adagrad_scratch", kernel="fused", eps=EPS,
-                                             rowwise=True)
-    else:
-        notes.append("row-wise: not available in this build")
+              OPERATOR: fused_operator,
+              FUSED_ROWWISE: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS,
+                                          rowwise=True)}
     chosen[BUILTIN] = mxnet_method("adagrad", eps=EPS)
     chosen[GROUP] = lambda case: mxnet_step(case, mx.optimizer.contrib.GroupAdaGrad(
         learning_rate=LR, eps=EPS))
@@ -306,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
                              "default: kernels.num_threads()")
     parser.add_argument("--seconds", type=positive_float, default=0.15,
                         help="target duration of one repeat of one method")
+    parser.add_argument("--readme", nargs="?", const=README, type=Path,
+                        help="write the table into this README (default: the repository's)")
     args = parser.parse_args(argv)
     if args.rows > args.table:
         parser.error(f"--rows {args.rows} exceeds --table {args.table}")
@@ -332,12 +323,17 @@ def main(argv: list[str] | None = None) -> None:
         nd.waitall()
     times = measure(steps, args.repeats, args.seconds)
     del steps
-    report(args, times)
+    best = report(args, times)
+    if args.readme:
+        write_section("benchmarks/bench_sparse.py", "\n\n".join(
+            [readme_table(args, best),
+             provenance("python benchmarks/bench_sparse.py --readme", threads)]), args.readme)
+        print(f"\nwrote the table into {args.readme}")
 
 
-def report(args: argparse.Namespace, times: dict[str, list]) -> None:
+def report(args: argparse.Namespace, times: dict[str, list]) -> dict[str, float]:
     """Print per method ms/step (min, median), rows/s, bytes per row, GB/s and the fraction of
-    its bound; then the issue's targets."""
+    its bound; then the issue's targets. Return each method's minimum seconds per step."""
     best = {name: min(t) for name, t in times.items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     if FBGEMM_BOTH in best:
@@ -358,6 +354,25 @@ def report(args: argparse.Namespace, times: dict[str, list]) -> None:
     for text, ratio, goal in targets(best):
         print(f"    {text:58} {ratio:7.2f}  {'holds' if ratio >= goal else 'MISSED'} "
               f"(>= {goal:g})")
+    print(f"  the most any method moving the elementwise bytes can gain over the built-in "
+          f"(built-in / elementwise bound): {best[BUILTIN] / best[BOUNDS[ELEMENTWISE]]:.2f}x")
+    return best
+
+
+def readme_table(args: argparse.Namespace, best: dict[str, float]) -> str:
+    """The README's table: per method ms/step, rows/s, GB/s, fraction of its bound and its
+    time relative to adagrad_scratch fused (elementwise)."""
+    rows = []
+    for name in best:
+        size = bytes_per_row(KIND[name], args.width)
+        rows.append([name, f"{best[name] * 1e3:.3f}", f"{args.rows / best[name]:.3g}",
+                     f"{args.rows * size / best[name] / 1e9:.2f}",
+                     f"{best[BOUNDS[KIND[name]]] / best[name]:.0%}",
+                     f"{best[name] / best[FUSED]:.2f}×"])
+    caption = (f"{args.table:,} × {args.width} float32 table, {args.rows:,} unique power-law "
+               f"rows per step (min of {args.repeats} interleaved repeats):")
+    header = ["method", "ms/step", "rows/s", "GB/s", "of its bound", "time / fused"]
+    return caption + "\n\n" + markdown_table(header, rows)
 
 
 def targets(best: dict[str, float]) -> list[tuple[str, float, float]]:

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 with mock.patch.dict(os.environ):  # the OMP_WAIT_POLICY it sets is for its own runs
     import bench_sparse  # noqa: E402
+import readme_tables  # noqa: E402
 
 
 def test_power_law_rows_are_unique_sorted_in_range_and_skewed():
@@ -64,16 +65,19 @@ def test_the_bound_loops_update_exactly_the_given_rows(kind):
     np.testing.assert_array_equal(weight[untouched], case.weight[untouched])
 
 
-def test_a_small_run_reports_every_method_and_the_targets(capsys):
+def test_a_small_run_reports_every_method_and_the_targets(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    begin, end = readme_tables.markers("benchmarks/bench_sparse.py")
+    readme.write_text(f"{begin}\nold\n{end}\n")
     bench_sparse.main(["--table", "2000", "--rows", "300", "--width", "16", "--repeats", "1",
-                       "--batches", "2", "--seconds", "0.01"])
+                       "--batches", "2", "--seconds", "0.01", "--readme", str(readme)])
     out = capsys.readouterr().out
     for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN,
-                 bench_sparse.GROUP, *bench_sparse.BOUNDS.values()):
+                 bench_sparse.GROUP, bench_sparse.FUSED_ROWWISE, *bench_sparse.BOUNDS.values()):
         assert f"  {name} " in out
-    if bench_sparse.FUSED_ROWWISE not in out:
-        assert "row-wise: not available in this build" in out
+        assert f"| {name} |" in readme.read_text()
     assert "targets:" in out and "fraction of the elementwise bound" in out
+    assert "fraction of the row-wise bound" in out and "built-in / elementwise bound" in out
     # bytes per updated row: 20 B per element + the index, or 12 B + accumulator + index
     assert f" {20 * 16 + 8} " in out and f" {12 * 16 + 16} " in out
 
