@@ -680,35 +680,65 @@ inline A weight_at(const W* w, const A* m, int64_t j) {
   }
 }
 
-// Update row k of a task. kKahan: compensated sum of the squares (dense) or plain (sparse).
-template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace, bool kKahan>
-void rowwise_row(const RowTask& task, const Scalars<A>& c, int64_t k) {
+// Rows whose sums of squares are computed side by side: each row's sum still runs left to
+// right, in its own order, but the independent dependency chains of kRowBlock rows overlap.
+constexpr int64_t kRowBlock = 8;
+
+template <typename W, typename A, bool kMaster>
+struct RowView {
+  W* __restrict w;
+  const W* __restrict g;
+  A* __restrict m;
+  A* s;
+};
+
+template <typename W, typename A, bool kMaster>
+inline RowView<W, A, kMaster> row_view(const RowTask& task, int64_t k) {
   const int64_t n = task.row_size;
   const int64_t row = task.rows == nullptr ? k : task.rows[k];
-  W* __restrict w = static_cast<W*>(task.weight) + row * n;
-  const W* __restrict g = static_cast<const W*>(task.grad) + k * n;
-  A* __restrict m = kMaster ? static_cast<A*>(task.master) + row * n : nullptr;
-  A sum = 0, residual = 0;
+  return {static_cast<W*>(task.weight) + row * n, static_cast<const W*>(task.grad) + k * n,
+          kMaster ? static_cast<A*>(task.master) + row * n : nullptr,
+          static_cast<A*>(task.acc) + row};
+}
+
+// The sums of the squared prepared gradients of rows[0..count) (count <= kRowBlock), each
+// left to right; kKahan: compensated (a dense gradient, as nd.mean) or plain (row_sparse, as
+// GroupAdaGrad's kernel).
+template <typename W, typename A, bool kMaster, Decay kDecay, bool kKahan>
+inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t n,
+                     const Scalars<A>& c, A* sums) {
+  A residual[kRowBlock] = {};
+  for (int64_t r = 0; r < count; ++r) sums[r] = 0;
   for (int64_t j = 0; j < n; ++j) {
-    const A x = prepared<kDecay>(load<A>(g[j]), weight_at<W, A, kMaster>(w, m, j), c);
-    const A square = x * x;
-    if constexpr (kKahan) {
-      const A y = square - residual;
-      const A t = sum + y;
-      residual = (t - sum) - y;
-      sum = t;
-    } else {
-      sum = sum + square;
+    for (int64_t r = 0; r < count; ++r) {
+      const A x = prepared<kDecay>(load<A>(rows[r].g[j]),
+                                   weight_at<W, A, kMaster>(rows[r].w, rows[r].m, j), c);
+      const A square = x * x;
+      if constexpr (kKahan) {
+        const A y = square - residual[r];
+        const A t = sums[r] + y;
+        residual[r] = (t - sums[r]) - y;
+        sums[r] = t;
+      } else {
+        sums[r] = sums[r] + square;
+      }
     }
   }
-  A* s = static_cast<A*>(task.acc) + row;
-  const A acc = *s + sum / static_cast<A>(n);
-  *s = acc;
+}
+
+// Update one row, given the sum of its squared prepared gradient.
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace>
+inline void row_step(const RowView<W, A, kMaster>& row, int64_t n, const Scalars<A>& c,
+                     A sum) {
+  const A acc = *row.s + sum / static_cast<A>(n);
+  *row.s = acc;
   A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
   if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
+  W* __restrict w = row.w;
+  A* __restrict m = row.m;
   for (int64_t j = 0; j < n; ++j) {
     A wv = weight_at<W, A, kMaster>(w, m, j);
-    const A u = (prepared<kDecay>(load<A>(g[j]), wv, c) * c.lr) / denom;
+    const A u = (prepared<kDecay>(load<A>(row.g[j]), wv, c) * c.lr) / denom;
     if constexpr (kDecay == Decay::kStep) {
       wv = wv - (u + wv * c.wd * c.lr);
     } else if constexpr (kDecay == Decay::kDecoupled) {
@@ -722,15 +752,43 @@ void rowwise_row(const RowTask& task, const Scalars<A>& c, int64_t k) {
   }
 }
 
+// Prefetch the weight (and master) row and the accumulator of update k.
+template <typename W, typename A, bool kMaster>
+inline void prefetch_task_row(const RowTask& task, int64_t k) {
+  const RowView<W, A, kMaster> row = row_view<W, A, kMaster>(task, k);
+  prefetch_row(reinterpret_cast<const char*>(row.w), task.row_size * sizeof(W));
+  if constexpr (kMaster) {
+    prefetch_row(reinterpret_cast<const char*>(row.m), task.row_size * sizeof(A));
+  }
+  __builtin_prefetch(row.s, 1, 3);
+}
+
 template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace, bool kKahan>
 void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
   const Job scalars_of{nullptr, nullptr, nullptr, nullptr, 0, task.lr, task.wd};
   const Scalars<A> c(options, scalars_of);
-  const int threads = count * task.row_size < kParallelMinElements
-                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), count));
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t k = 0; k < count; ++k) {
-    rowwise_row<W, A, kMaster, kDecay, kPlace, kKahan>(task, c, k);
+  const int64_t n = task.row_size;
+  const int64_t blocks = (count + kRowBlock - 1) / kRowBlock;
+  const int threads = count * n < kParallelMinElements
+                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), blocks));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (threads > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t first = b * kRowBlock;
+    const int64_t size = std::min(kRowBlock, count - first);
+    for (int64_t k = first + kRowBlock; k < std::min(count, first + 2 * kRowBlock); ++k) {
+      prefetch_task_row<W, A, kMaster>(task, k);
+    }
+    RowView<W, A, kMaster> rows[kRowBlock];
+    A sums[kRowBlock];
+    for (int64_t r = 0; r < size; ++r) rows[r] = row_view<W, A, kMaster>(task, first + r);
+    if (size == kRowBlock) {
+      row_sums<W, A, kMaster, kDecay, kKahan>(rows, kRowBlock, n, c, sums);
+    } else {
+      row_sums<W, A, kMaster, kDecay, kKahan>(rows, size, n, c, sums);
+    }
+    for (int64_t r = 0; r < size; ++r) {
+      row_step<W, A, kMaster, kDecay, kPlace>(rows[r], n, c, sums[r]);
+    }
   }
 }
 
