@@ -154,6 +154,26 @@ def counts_of_others(optimizer: mx.optimizer.Optimizer, indices) -> list[int]:
             for index, count in counts.items() if index not in indices]
 
 
+def apply_pending_decay(trainer: gluon.Trainer) -> None:
+    """Apply the weight decay that lazy ``row_sparse`` updates of ``trainer``'s
+    ``adagrad_scratch`` have left pending (:meth:`AdagradScratch.apply_pending_decay`) to
+    every parameter, on every device: call it before evaluating or exporting the weights.
+    ``ValueError`` if a kvstore holds the weights (``update_on_kvstore=True``)."""
+    optimizer, updaters = trainer_updaters(trainer)
+    if trainer._update_on_kvstore:
+        raise ValueError("apply_pending_decay needs the trainer to update its own weights "
+                         "(update_on_kvstore=False): with update_on_kvstore=True the kvstore "
+                         "holds the weights and their pending decay")
+    for k, updater in enumerate(updaters):
+        for index, state in updater.states.items():
+            optimizer.apply_pending_decay(index, trainer._params[index].list_data()[k], state)
+
+
+def known_device_ids(optimizer: mx.optimizer.Optimizer) -> list[int]:
+    """The device ids the optimizer keeps update counts for."""
+    return sorted(optimizer._all_index_update_counts)
+
+
 # -- mx.optimizer.Updater / Optimizer (a kvstore's, e.g. on a parameter server) ------------------
 
 def update_counts(optimizer: mx.optimizer.Optimizer) -> dict:
