@@ -68,6 +68,23 @@ def check_lazy_decay(name: str, weight_decay_mode: str, lr: float, wd: float) ->
             f"got lr={lr!r}, wd={wd!r}")
 
 
+def row_ids(name: str, rows, num_rows: int) -> nd.NDArray:
+    """``rows`` (integers, any order, repeats allowed: e.g. a batch's token ids) as sorted
+    distinct int64 row ids on the CPU; ``TypeError``/``ValueError`` naming parameter ``name``
+    unless they are integers in ``[0, num_rows)``."""
+    ids = rows.asnumpy() if isinstance(rows, nd.NDArray) else np.asarray(rows)
+    if ids.dtype.kind == "f" and ids.size and (ids == np.round(ids)).all():
+        ids = ids.astype(np.int64)  # Gluon's token batches are float arrays of integers
+    if ids.dtype.kind not in "iu" and ids.size:
+        raise TypeError(f"parameter {name}: row ids must be integers, got {ids.dtype.name} "
+                        f"{np.array2string(ids.ravel(), threshold=10)}")
+    ids = np.unique(ids.astype(np.int64).ravel())
+    if ids.size and (ids[0] < 0 or ids[-1] >= num_rows):
+        raise ValueError(f"parameter {name}: row ids must be in [0, {num_rows}); got "
+                         f"{np.array2string(ids, threshold=10)}")
+    return nd.array(ids, dtype=np.int64)
+
+
 def catch_up(decay: RowDecay, work: nd.NDArray, rows: nd.NDArray | None = None) -> None:
     """Multiply ``rows`` of ``work`` (all of them if None; the weight, or its master copy) by
     the decay they have pending, ``exp(log_sum - mark)``, in float64, rounded once. The marks
@@ -100,4 +117,4 @@ def mark(decay: RowDecay, rows: nd.NDArray | None = None) -> None:
         decay.marks[rows] = decay.log_sum
 
 
-__all__ = ["RowDecay", "advance", "catch_up", "check_lazy_decay", "mark"]
+__all__ = ["RowDecay", "advance", "catch_up", "check_lazy_decay", "mark", "row_ids"]

@@ -296,23 +296,33 @@ class AdagradScratch(mx.optimizer.Optimizer):
                                 c.grad.indices if c.row_sparse else None, lr, wd))
         return pending
 
-    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State) -> None:
-        """Bring every row of parameter ``index``'s ``weight`` (with its ``state``) up to date
-        with the weight decay the lazy ``row_sparse`` update has not applied yet.
+    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State,
+                            rows=None) -> None:
+        """Bring ``rows`` (all if None; any integers, e.g. a batch's token ids) of parameter
+        ``index``'s ``weight`` (with its ``state``) up to date with the weight decay the lazy
+        ``row_sparse`` update has not applied yet (see the class docstring).
 
-        A row the gradients skip lags until it is touched again (see the class docstring);
-        call this (or :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``)
-        before evaluating, exporting or averaging the weights. Training can go on afterwards;
-        a parameter without pending decay is left as it is.
+        A row the gradients skip lags until its next update. The forward pass reads it as it
+        is, so call this for the rows a batch looks up before its forward pass (or
+        :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``), and for all
+        rows before evaluating, exporting or averaging the weights. A parameter without
+        pending decay is left as it is.
         """
+        if rows is not None:
+            rows = lazy_decay.row_ids(self._name(index), rows, weight.shape[0]).as_in_context(
+                weight.context)
         decay = self._row_decay.get((index, weight.context.device_id))
         if decay is None:
             return
         master, _ = split_state(state)
-        lazy_decay.catch_up(decay, weight if master is None else master)
-        lazy_decay.mark(decay)
-        if master is not None:
+        lazy_decay.catch_up(decay, weight if master is None else master, rows)
+        lazy_decay.mark(decay, rows)
+        if master is None:
+            return
+        if rows is None:
             nd.cast(master, dtype=weight.dtype, out=weight)
+        elif rows.shape[0]:
+            weight[rows] = nd.take(master, rows).astype(weight.dtype)
 
     def lazy_decay_marks(self) -> dict[int, tuple[float, np.ndarray]]:
         """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay (see
