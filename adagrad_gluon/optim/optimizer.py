@@ -53,9 +53,19 @@ class AdagradScratch(mx.optimizer.Optimizer):
     them as one :class:`~adagrad_gluon.optim.options.AdagradOptions`.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
-    update: only the rows present in the gradient, and their accumulator rows, change. A lazy
-    update cannot apply weight decay to the rows it skips, so it requires ``wd == 0``
-    (a ``ValueError`` otherwise, as the built-in refuses too).
+    update: only the rows present in the gradient, and their accumulator rows, change. Weight
+    decay is exact all the same with ``weight_decay_mode`` ``'decoupled'`` or ``'step'``: in
+    the dense update a row with a zero gradient only decays, ``w_r *= 1 - lr_k * wd_k`` at
+    each update ``k``. Each parameter (on each device) keeps a float64 running sum of
+    ``log1p(-lr_k * wd_k)`` and, per row, the sum at which its decay stands; a row's next update
+    first applies the product over exactly the updates it skipped, each with its own rate
+    (:mod:`.lazy_decay`). Rows lag until then: call :meth:`apply_pending_decay` (or
+    :func:`adagrad_gluon.apply_pending_decay` for a ``gluon.Trainer``) with a batch's token ids
+    before its forward pass, so that the lookup reads decayed rows, and for all rows before
+    evaluating or exporting; the lazy run then equals the dense one. ``'l2'`` decay, which
+    enters the accumulator of every row, and ``lr * wd >= 1`` raise a ``ValueError``. With
+    ``wd == 0`` nothing is kept. The marks are saved with the states (both state files, the
+    pickled ``Trainer.save_states``, the servers' checkpoints).
 
     The accumulator is float32 (float64 for float64 weights). float16 weights are updated in
     float32 and rounded back; with ``multi_precision=True`` a float32 master copy of the weight
