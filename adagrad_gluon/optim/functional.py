@@ -33,6 +33,13 @@ that the ``'groupadagrad'`` preset is that optimizer bit for bit: for a dense gr
 length), for a ``row_sparse`` one as its sparse kernel (a plain left-to-right sum, then
 divided). ``lr * g`` is multiplied before the division, as GroupAdaGrad does.
 
+A ``row_sparse`` gradient updates only its rows (:func:`adagrad_update_row_sparse`). A
+skipped row ``r`` of a dense update would only decay, ``w_r = w_r * (1 - lr_k * wd_k)``
+('decoupled' and 'step'; 'l2' would also grow its accumulator), so the lazy update, before a
+row's step, multiplies it by the product of those factors over the updates ``k`` it skipped::
+
+    w_r = w_r * exp(sum_k log1p(-lr_k * wd_k))   # in float64, rounded once (lazy_decay.py)
+
 Reference: J. Duchi, E. Hazan, Y. Singer, "Adaptive Subgradient Methods for Online Learning
 and Stochastic Optimization", JMLR 12 (2011) 2121-2159.
 

@@ -16,7 +16,7 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_number
-from . import kernels
+from . import kernels, lazy_decay
 from .checks import (
     State,
     accumulator_dtype,
@@ -27,6 +27,7 @@ from .checks import (
     split_state,
 )
 from .functional import Step, denominator, reference_steps
+from .lazy_decay import RowDecay
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
 from .options import (
     NO_WEIGHT_DECAY_PRESETS,
@@ -67,9 +68,19 @@ class AdagradScratch(mx.optimizer.Optimizer):
     them as one :class:`~adagrad_gluon.optim.options.AdagradOptions`.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
-    update: only the rows present in the gradient, and their accumulator rows, change. A lazy
-    update cannot apply weight decay to the rows it skips, so it requires ``wd == 0``
-    (a ``ValueError`` otherwise, as the built-in refuses too).
+    update: only the rows present in the gradient, and their accumulator rows, change. Weight
+    decay is exact all the same with ``weight_decay_mode`` ``'decoupled'`` or ``'step'``: in
+    the dense update a row with a zero gradient only decays, ``w_r *= 1 - lr_k * wd_k`` at
+    each update ``k``. Each parameter (on each device) keeps a float64 running sum of
+    ``log1p(-lr_k * wd_k)`` and, per row, the sum at which its decay stands; a row's next update
+    first applies the product over exactly the updates it skipped, each with its own rate
+    (:mod:`.lazy_decay`). Rows lag until then: call :meth:`apply_pending_decay` (or
+    :func:`adagrad_gluon.apply_pending_decay` for a ``gluon.Trainer``) with a batch's token ids
+    before its forward pass, so that the lookup reads decayed rows, and for all rows before
+    evaluating or exporting; the lazy run then equals the dense one. ``'l2'`` decay, which
+    enters the accumulator of every row, and ``lr * wd >= 1`` raise a ``ValueError``. With
+    ``wd == 0`` nothing is kept. The marks are saved with the states (both state files, the
+    pickled ``Trainer.save_states``, the servers' checkpoints).
 
     The accumulator is float32 (float64 for float64 weights). float16 weights are updated in
     float32 and rounded back; with ``multi_precision=True`` a float32 master copy of the weight
@@ -173,6 +184,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
+        # (index, device id) -> where the lazy weight decay of row_sparse updates stands
+        self._row_decay: dict[tuple[int, int], RowDecay] = {}
 
     @property
     def options(self) -> AdagradOptions:
@@ -283,16 +296,23 @@ class AdagradScratch(mx.optimizer.Optimizer):
         checked = [checked_arrays(self._checked, *args, self._name, rowwise=options.rowwise)
                    for args in zip(index, weight, grad, state, strict=True)]
         wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
-        self._refuse_lazy_decay(index, checked, wds)
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
                                    for seq in (index, checked, wds))
             if not index:
                 return
-        lrs = self._count_and_lrs(index)
+        decays = self._lazy_decays(index, checked, wds)
+        lrs = (self._count_and_lrs(index) if decays is None
+               else self._checked_lazy_lrs(index, decays, wds, options.weight_decay_mode))
+        pending = [] if decays is None else self._keep_decays(index, checked, decays, lrs, wds)
+        for decay, work, rows, _, _ in pending:
+            lazy_decay.catch_up(decay, work, rows)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+        for decay, _, rows, lr, wd in pending:
+            lazy_decay.advance(decay, lr, wd)
+            lazy_decay.mark(decay, rows)
 
     def _update_row_sparse_weight(self, index: int, weight: nd.NDArray, grad: nd.NDArray,
                                   state: State) -> None:
@@ -316,15 +336,92 @@ class AdagradScratch(mx.optimizer.Optimizer):
         acc[rows] = rows_acc
         _set_rows(weight, rows, rows_weight)
 
-    def _refuse_lazy_decay(self, indices, checked, wds) -> None:
-        """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
+    def _lazy_decays(self, indices, checked, wds) -> list[RowDecay | None] | None:
+        """Each parameter's :class:`~.lazy_decay.RowDecay` (a new one for a row_sparse
+        gradient with ``wd > 0``; None where none is kept), or None if none is (wd == 0)."""
+        if not self._row_decay and not any(
+                c.row_sparse and wd for c, wd in zip(checked, wds, strict=True)):
+            return None
+        decays = []
         for i, c, wd in zip(indices, checked, wds, strict=True):
-            if wd and c.row_sparse:
-                raise ValueError(
-                    f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
-                    f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
-                    f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
-                )
+            decay = self._row_decay.get((i, c.weight.context.device_id))
+            if decay is None and c.row_sparse and wd:
+                decay = RowDecay.fresh(c.weight)
+            decays.append(decay)
+        return decays
+
+    def _checked_lazy_lrs(self, indices, decays, wds, weight_decay_mode: str) -> list[float]:
+        """:meth:`_count_and_lrs`, refusing (``ValueError``, nothing counted) an update whose
+        lazy decay cannot be exact."""
+        counts, num_update = dict(self._index_update_count), self.num_update
+        lrs = self._count_and_lrs(indices)
+        try:
+            for i, decay, lr, wd in zip(indices, decays, lrs, wds, strict=True):
+                if decay is not None and wd:
+                    lazy_decay.check_lazy_decay(self._name(i), weight_decay_mode, lr, wd)
+        except ValueError:
+            self._index_update_count.clear()
+            self._index_update_count.update(counts)
+            self.num_update = num_update
+            raise
+        return lrs
+
+    def _keep_decays(self, indices, checked, decays, lrs, wds) -> list[tuple]:
+        """Keep ``decays`` (a new one from now on); ``(decay, the array that decays, the rows
+        updated or None for all, lr, wd)`` of each parameter that has one."""
+        pending = []
+        for i, c, decay, lr, wd in zip(indices, checked, decays, lrs, wds, strict=True):
+            if decay is not None:
+                self._row_decay[(i, c.weight.context.device_id)] = decay
+                pending.append((decay, c.weight if c.master is None else c.master,
+                                c.grad.indices if c.row_sparse else None, lr, wd))
+        return pending
+
+    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State,
+                            rows=None) -> None:
+        """Bring ``rows`` (all if None; any integers, e.g. a batch's token ids) of parameter
+        ``index``'s ``weight`` (with its ``state``) up to date with the weight decay the lazy
+        ``row_sparse`` update has not applied yet (see the class docstring).
+
+        A row the gradients skip lags until its next update. The forward pass reads it as it
+        is, so call this for the rows a batch looks up before its forward pass (or
+        :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``), and for all
+        rows before evaluating, exporting or averaging the weights. A parameter without
+        pending decay is left as it is.
+        """
+        if rows is not None:
+            rows = lazy_decay.row_ids(self._name(index), rows, weight.shape[0]).as_in_context(
+                weight.context)
+        decay = self._row_decay.get((index, weight.context.device_id))
+        if decay is None:
+            return
+        master, _ = split_state(state)
+        lazy_decay.catch_up(decay, weight if master is None else master, rows)
+        lazy_decay.mark(decay, rows)
+        if master is None:
+            return
+        if rows is None:
+            nd.cast(master, dtype=weight.dtype, out=weight)
+        elif rows.shape[0]:
+            weight[rows] = nd.take(master, rows).astype(weight.dtype)
+
+    def lazy_decay_marks(self) -> dict[int, tuple[float, np.ndarray]]:
+        """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay (see
+        :mod:`.lazy_decay`), as saved with the states: those of the lowest device id, whose
+        states and update counts the state files hold too."""
+        marks = {}
+        for index, device_id in sorted(self._row_decay, reverse=True):  # the lowest id wins
+            marks[index] = self._row_decay[(index, device_id)].to_numpy()
+        return marks
+
+    def restore_lazy_decay_marks(self, index: int, device_ids, saved) -> None:
+        """Give parameter ``index`` on ``device_ids`` the saved ``(log_sum, marks)`` of
+        :meth:`lazy_decay_marks`, or no pending decay at all if ``saved`` is None."""
+        for device_id in device_ids:
+            if saved is None:
+                self._row_decay.pop((index, device_id), None)
+            else:
+                self._row_decay[(index, device_id)] = RowDecay.from_numpy(*saved)
 
     @property
     def num_nonfinite_skipped(self) -> int:
@@ -368,6 +465,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
             vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
         self._step_updated = set()
+        vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
