@@ -561,6 +561,13 @@ inline void prefetch_row(const char* row, int64_t bytes) {
   }
 }
 
+// The attributes of a single-tensor operator: layout, options, lr and wd.
+bool parse_single(const Attrs& attrs, Layout* layout, Options* options, double* lr,
+                  double* wd) {
+  return parse_layout(attrs, false, layout) && parse_options(attrs, options)
+         && get_number(attrs, "lr", lr) && get_number(attrs, "wd", wd);
+}
+
 // A row_sparse gradient's rows, checked: increasing and within [0, num_rows).
 bool check_rows(const MXSparse& grad, int64_t num_rows) {
   for (int64_t k = 0; k < grad.indices_len; ++k) {
@@ -617,10 +624,7 @@ MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inpu
   Layout layout;
   Options options;
   double lr, wd;
-  if (!parse_layout(attrs, false, &layout) || !parse_options(attrs, &options)
-      || !get_number(attrs, "lr", &lr) || !get_number(attrs, "wd", &wd)) {
-    return MX_FAIL;
-  }
+  if (!parse_single(attrs, &layout, &options, &lr, &wd)) return MX_FAIL;
   MXTensor& weight = (*inputs)[0];
   const MXSparse* grad = (*inputs)[1].data<MXSparse>();
   const RangeFn kernel = pick_kernel(weight.dtype, layout.master, wd, options);
@@ -701,26 +705,43 @@ inline RowView<W, A, kMaster> row_view(const RowTask& task, int64_t k) {
           static_cast<A*>(task.acc) + row};
 }
 
+// Columns per tile of row_sums: the squares of kRowBlock rows of a tile fit in L1.
+constexpr int64_t kSumTile = 128;
+
 // The sums of the squared prepared gradients of rows[0..count) (count <= kRowBlock), each
 // left to right; kKahan: compensated (a dense gradient, as nd.mean) or plain (row_sparse, as
-// GroupAdaGrad's kernel).
+// GroupAdaGrad's kernel). Per tile of columns, the squares are computed first (a vectorisable
+// loop per row), then added in column order, the kRowBlock rows' chains side by side.
 template <typename W, typename A, bool kMaster, Decay kDecay, bool kKahan>
 inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t n,
-                     const Scalars<A>& c, A* sums) {
+                     const Scalars<A>& scalars, A* sums) {
+  const Scalars<A> c = scalars;  // a local copy: its fields stay in registers
   A residual[kRowBlock] = {};
+  A squares[kRowBlock][kSumTile];
   for (int64_t r = 0; r < count; ++r) sums[r] = 0;
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j0 = 0; j0 < n; j0 += kSumTile) {
+    const int64_t len = std::min(kSumTile, n - j0);
     for (int64_t r = 0; r < count; ++r) {
-      const A x = prepared<kDecay>(load<A>(rows[r].g[j]),
-                                   weight_at<W, A, kMaster>(rows[r].w, rows[r].m, j), c);
-      const A square = x * x;
-      if constexpr (kKahan) {
-        const A y = square - residual[r];
-        const A t = sums[r] + y;
-        residual[r] = (t - sums[r]) - y;
-        sums[r] = t;
-      } else {
-        sums[r] = sums[r] + square;
+      const W* __restrict g = rows[r].g + j0;
+      const W* __restrict w = rows[r].w + j0;
+      const A* __restrict m = kMaster ? rows[r].m + j0 : nullptr;
+      A* __restrict out = squares[r];
+      for (int64_t j = 0; j < len; ++j) {
+        const A x = prepared<kDecay>(load<A>(g[j]), weight_at<W, A, kMaster>(w, m, j), c);
+        out[j] = x * x;
+      }
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      for (int64_t r = 0; r < count; ++r) {
+        const A square = squares[r][j];
+        if constexpr (kKahan) {
+          const A y = square - residual[r];
+          const A t = sums[r] + y;
+          residual[r] = (t - sums[r]) - y;
+          sums[r] = t;
+        } else {
+          sums[r] = sums[r] + square;
+        }
       }
     }
   }
@@ -728,17 +749,19 @@ inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t 
 
 // Update one row, given the sum of its squared prepared gradient.
 template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace>
-inline void row_step(const RowView<W, A, kMaster>& row, int64_t n, const Scalars<A>& c,
+inline void row_step(const RowView<W, A, kMaster>& row, int64_t n, const Scalars<A>& scalars,
                      A sum) {
+  const Scalars<A> c = scalars;  // a local copy: its fields stay in registers
   const A acc = *row.s + sum / static_cast<A>(n);
   *row.s = acc;
   A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
   if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
   W* __restrict w = row.w;
+  const W* __restrict g = row.g;
   A* __restrict m = row.m;
   for (int64_t j = 0; j < n; ++j) {
     A wv = weight_at<W, A, kMaster>(w, m, j);
-    const A u = (prepared<kDecay>(load<A>(row.g[j]), wv, c) * c.lr) / denom;
+    const A u = (prepared<kDecay>(load<A>(g[j]), wv, c) * c.lr) / denom;
     if constexpr (kDecay == Decay::kStep) {
       wv = wv - (u + wv * c.wd * c.lr);
     } else if constexpr (kDecay == Decay::kDecoupled) {
@@ -855,10 +878,7 @@ MXReturnValue rowwise_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   Layout layout;
   Options options;
   double lr, wd;
-  if (!parse_layout(attrs, false, &layout) || !parse_options(attrs, &options)
-      || !get_number(attrs, "lr", &lr) || !get_number(attrs, "wd", &wd)) {
-    return MX_FAIL;
-  }
+  if (!parse_single(attrs, &layout, &options, &lr, &wd)) return MX_FAIL;
   MXTensor& weight = (*inputs)[0];
   // kKahan (a dense gradient) iff !kSparseGrad
   const RowsFn update = rowwise_pick<!kSparseGrad>(weight.dtype, layout.master, wd, options);
@@ -873,15 +893,8 @@ MXReturnValue rowwise_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   int64_t count = num_rows;
   if constexpr (kSparseGrad) {
     const MXSparse* grad = (*inputs)[1].data<MXSparse>();
+    if (!check_rows(*grad, num_rows)) return MX_FAIL;
     count = grad->indices_len;
-    for (int64_t k = 0; k < count; ++k) {
-      const int64_t row = grad->indices[k];
-      if (row < 0 || row >= num_rows || (k > 0 && row <= grad->indices[k - 1])) {
-        MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
-                     << num_rows << "); index " << k << " is " << row;
-        return MX_FAIL;
-      }
-    }
     task.grad = grad->data;
     task.rows = grad->indices;
   }
