@@ -8,6 +8,8 @@ MXNet's internals is fixed here alone. An optimizer's state is the accumulator, 
 
 from __future__ import annotations
 
+import ctypes
+
 import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
@@ -200,3 +202,53 @@ def trainer_state(optimizer: mx.optimizer.Optimizer, param: gluon.Parameter, ind
     if trainer is None or trainer._optimizer is not optimizer or k >= len(trainer._updaters):
         return None
     return trainer._updaters[k].states.get(index)
+
+
+# -- gluon.Parameter: the flat layout (optim/flat.py) -------------------------------------------
+
+class FlatParameter(gluon.Parameter):
+    """A ``gluon.Parameter`` that calls ``on_read()`` whenever its data is read as a list, as
+    ``gluon.Trainer`` reads it (for the stale-gradient check and the update) in every step."""
+
+    on_read = None
+
+    def _check_and_get(self, arr_list, ctx):
+        if ctx is list and arr_list is self._data and self.on_read is not None:
+            self.on_read()
+        return super()._check_and_get(arr_list, ctx)
+
+
+def install_arrays(param: gluon.Parameter, data: nd.NDArray, grad: nd.NDArray) -> None:
+    """Make ``data`` and ``grad`` the (initialised, single-context) parameter's arrays, and
+    ``grad`` the gradient ``backward`` writes for ``data``."""
+    param._data, param._grad = [data], [grad]
+    mx.autograd.mark_variables([data], [grad], param.grad_req)
+
+
+def current_arrays(params) -> list[tuple]:
+    """``(data, grad)`` of each single-context parameter (``None`` where it has none)."""
+    return [(p._data[0] if p._data else None, p._grad[0] if p._grad else None) for p in params]
+
+
+def fresh_gradients(arrays) -> list[bool]:
+    """Whether ``backward`` wrote each array's gradient since it was last marked stale (the
+    state ``gluon.Trainer`` checks), read through MXNet's C API: ~0.25 us an array."""
+    get, state = mx.base._LIB.MXNDArrayGetGradState, ctypes.c_int()
+    out = ctypes.byref(state)
+    fresh = []
+    for array in arrays:
+        mx.base.check_call(get(array.handle, out))
+        fresh.append(bool(state.value))
+    return fresh
+
+
+def set_fresh_gradients(arrays, fresh: bool) -> None:
+    """Mark the arrays' gradients fresh (or stale), as ``backward`` (or the Trainer) does."""
+    set_state, value = mx.base._LIB.MXNDArraySetGradState, ctypes.c_int(int(fresh))
+    for array in arrays:
+        mx.base.check_call(set_state(array.handle, value))
+
+
+def has_trainer(param: gluon.Parameter) -> bool:
+    """Whether a ``gluon.Trainer`` has been created with ``param``."""
+    return param._trainer is not None
