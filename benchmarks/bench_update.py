@@ -137,16 +137,17 @@ def trainer(name: str, flat: bool = False, **options) -> Callable[[int, int], St
             param = params.get(f"p{i}", shape=(size,))
             param.initialize(mx.init.Constant(nd.array(w)))
             param.grad()[:] = g
-        originals = [param.data() for param in params.values()]
+        members = list(params.values())
         if flat:
             params = adagrad_gluon.flatten_parameters(params).params
         trainer = gluon.Trainer(params, name, {"learning_rate": LR, **options})
+        weights = [param.data() for param in members]  # after flattening: the views
 
         def step() -> None:
             trainer.step(1)
 
         def prepare() -> None:
-            for weight in originals:
+            for weight in weights:
                 weight._fresh_grad = True
 
         step.prepare = prepare

@@ -252,3 +252,8 @@ def set_fresh_gradients(arrays, fresh: bool) -> None:
 def has_trainer(param: gluon.Parameter) -> bool:
     """Whether a ``gluon.Trainer`` has been created with ``param``."""
     return param._trainer is not None
+
+
+def storage_types(param: gluon.Parameter) -> tuple[str, str]:
+    """The storage types of ``param``'s weight and gradient (``'default'``: dense)."""
+    return param._stype, param._grad_stype

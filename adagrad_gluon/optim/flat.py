@@ -15,7 +15,7 @@ of every parameter, bit for bit (one ``lr_mult``, ``wd_mult`` and dtype for all,
 
 Refused with ``ValueError``/``TypeError``: parameters not initialized yet, on several
 contexts (or on different ones), of different dtypes, sparse, with ``grad_req='null'``,
-with no elements, with different ``lr_mult``/``wd_mult``, already flattened, or already in a
+with different ``lr_mult``/``wd_mult``, already flattened, or already in a
 ``gluon.Trainer``. In every step (when the Trainer reads the flat parameter) the flat
 parameter's gradient is fresh only if ``backward`` wrote every member's since the last step; a
 step after a backward through only some of them raises ``ValueError`` naming the others (the
@@ -57,8 +57,12 @@ class FlatParameters:
     def _check_members(self) -> None:
         """Before the Trainer reads the flat parameter: refuse members whose arrays were
         replaced; make the flat gradient fresh when every member's is (and theirs stale)."""
-        if _gluon.current_arrays(self.members) != self._views:
-            raise ValueError(f"parameters {self._replaced()} no longer use the flat buffers "
+        current = _gluon.current_arrays(self.members)
+        replaced = [m.name for m, (data, grad), (view, grad_view)
+                    in zip(self.members, current, self._views, strict=True)
+                    if data is not view or grad is not grad_view]
+        if replaced:
+            raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
         flat_weight = self.flat.data()
@@ -74,11 +78,6 @@ class FlatParameters:
                 f"the flat parameter {self.flat.name!r} steps all its parameters together, but "
                 f"backward has not written the gradients of {_names(stale)} since the last "
                 f"step (ignore_stale_grad cannot skip part of a flat parameter)")
-
-    def _replaced(self) -> str:
-        current = _gluon.current_arrays(self.members)
-        return _names([m.name for m, now, view in zip(self.members, current, self._views,
-                                                         strict=True) if now != view])
 
 
 def _names(names: list[str], limit: int = 5) -> str:
@@ -140,13 +139,15 @@ def _check_member(member) -> None:
     if not isinstance(member, gluon.Parameter):
         raise TypeError(f"flatten_parameters takes gluon Parameters, got "
                         f"{type(member).__name__}")
+    if _gluon.storage_types(member) != ("default", "default"):
+        raise TypeError(f"flatten_parameters: parameter {member.name!r} is sparse; the flat "
+                        f"layout takes dense parameters only")
     problem = _gluon.parameter_problem(member)
     if problem is not None:
         raise ValueError(f"parameter {member.name!r} {problem}: initialize it (and run one "
                          f"forward pass for deferred shapes) before flattening")
     reasons = {"it is on several contexts (one only)": len(member.list_ctx()) > 1,
                "its grad_req is 'null'": member.grad_req == "null",
-               "it has no elements": member.data().size == 0,
                "it is already flattened": member in _FLATTENED,
                "a gluon.Trainer already has it (create the Trainer after flattening, with "
                "the result's .params)": _gluon.has_trainer(member)}
@@ -154,6 +155,3 @@ def _check_member(member) -> None:
     if reason is not None:
         raise ValueError(f"flatten_parameters: cannot flatten parameter {member.name!r}: "
                          f"{reason}")
-    if member.data().stype != "default" or member.grad().stype != "default":
-        raise TypeError(f"flatten_parameters: parameter {member.name!r} is sparse; the flat "
-                        f"layout takes dense parameters only")
