@@ -145,6 +145,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+        self._checked_calls: dict = {}  # indices of a list call -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
 
@@ -231,9 +232,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
         options = self.options
-        checked = [checked_arrays(self._checked, *args, self._name)
-                   for args in zip(index, weight, grad, state, strict=True)]
-        wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
+        checked = self._checked_call(index, weight, grad, state)
+        wds = _each(flush_subnormal, self._get_wds(index))
         self._refuse_lazy_decay(index, checked, wds)
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
@@ -244,6 +244,28 @@ class AdagradScratch(mx.optimizer.Optimizer):
         lrs = self._count_and_lrs(index)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+
+    def _checked_call(self, indices, weights, grads, states) -> list:
+        """:func:`~.checks.checked_arrays` of each parameter of one update call. A list call
+        that hands the very objects of an earlier one (``gluon.Trainer`` and its updater do,
+        every step) gets that call's result back without a check per parameter, unless a
+        gradient is row_sparse (its rows are checked every time). The cache holds the objects
+        it was keyed on, so their ids stay theirs."""
+        if len(indices) == 1:  # a parameter server's per-key call: nothing to gain here
+            return [checked_arrays(self._checked, indices[0], weights[0], grads[0], states[0],
+                                   self._name)]
+        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)))
+        known = self._checked_calls.get(key[0])
+        if known is not None and known[0] == key:
+            return known[1]
+        checked = [checked_arrays(self._checked, *args, self._name)
+                   for args in zip(indices, weights, grads, states, strict=True)]
+        if not any(c.row_sparse for c in checked) \
+                and not any(isinstance(s, list) for s in states):  # a list's items can change
+            if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
+                self._checked_calls.clear()
+            self._checked_calls[key[0]] = (key, checked, list(states))
+        return checked
 
     def _refuse_lazy_decay(self, indices, checked, wds) -> None:
         """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
@@ -275,7 +297,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
             return lrs
         self._update_count(indices)
         t = self._index_update_count[indices[0]]  # the count all of them share
-        return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
+        return _each(lambda lr: self._decayed(lr, t), self._get_lrs(indices))
 
     def __getstate__(self) -> dict:
         """Pickle (``gluon.Trainer.save_states``, the parameter servers) without the caches:
@@ -283,7 +305,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values"):
+        for name in ("_steps", "_options", "_option_values", "_checked_calls"):
             state.pop(name, None)
         return state
 
@@ -294,6 +316,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
         self._options, self._option_values = None, None
+        self._checked_calls = {}
         self._step_updated = set()
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
@@ -301,6 +324,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _each(function, values: list) -> list:
+    """``[function(v) for v in values]`` with one call per distinct value (a Trainer's rates
+    and decays are mostly equal). Exact for the functions used here: equal floats differ only
+    as 0.0 and -0.0, which :func:`~.options.flush_subnormal` maps to the same 0.0."""
+    if len(values) == 1:
+        return [function(values[0])]
+    results = {value: function(value) for value in set(values)}
+    return [results[value] for value in values]
 
 
 def register() -> None:

@@ -24,6 +24,7 @@ memory-bound loop is fastest with all of them.)
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import os
@@ -289,7 +290,14 @@ def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
     _op("adagrad_gluon_multi_update")(
         *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
-        lrs=",".join([repr(float(step.lr)) for step in steps]),
-        wds=",".join([repr(float(step.wd)) for step in steps]),
+        lrs=_joined(array.array("d", [step.lr for step in steps]).tobytes()),
+        wds=_joined(array.array("d", [step.wd for step in steps]).tobytes()),
         **_attrs(options, with_masters),
     )
+
+
+@functools.lru_cache(maxsize=16)  # a Trainer's rates rarely change from one step to the next
+def _joined(numbers: bytes) -> str:
+    """The float64 ``numbers`` (their bytes: the key tells -0.0 from 0.0, as ``repr`` does) as
+    exact decimal strings, comma-separated: the operator's ``lrs``/``wds`` attribute."""
+    return ",".join(map(repr, array.array("d", numbers)))
