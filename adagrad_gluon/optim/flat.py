@@ -55,8 +55,12 @@ class FlatParameters:
         flat.on_read = self._check_members
 
     def _check_members(self) -> None:
-        """Before the Trainer reads the flat parameter: refuse members whose arrays were
-        replaced; make the flat gradient fresh when every member's is (and theirs stale)."""
+        """Before the Trainer reads the flat parameter (unless its gradient is fresh already):
+        refuse members whose arrays were replaced; make the flat gradient fresh when every
+        member's is (and theirs stale)."""
+        flat_weight = self.flat.data()
+        if _gluon.fresh_gradients([flat_weight])[0]:
+            return
         current = _gluon.current_arrays(self.members)
         replaced = [m.name for m, (data, grad), (view, grad_view)
                     in zip(self.members, current, self._views, strict=True)
@@ -65,9 +69,6 @@ class FlatParameters:
             raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
-        flat_weight = self.flat.data()
-        if _gluon.fresh_gradients([flat_weight])[0]:
-            return
         fresh = _gluon.fresh_gradients(self._weights)
         if all(fresh):
             _gluon.set_fresh_gradients(self._weights, False)
