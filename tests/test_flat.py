@@ -12,7 +12,7 @@ import adagrad_gluon as ag
 OPTIONS = {"learning_rate": 0.1, "kernel": "fused", "wd": 0.01}
 
 
-def _net(hybridize: bool = False, grad_req: str = "write") -> tuple[gluon.Block, nd.NDArray,
+def _net(hybridize: bool | str = False, grad_req: str = "write") -> tuple[gluon.Block, nd.NDArray,
                                                                       nd.NDArray]:
     mx.random.seed(0)
     rng = np.random.default_rng(0)
@@ -22,8 +22,9 @@ def _net(hybridize: bool = False, grad_req: str = "write") -> tuple[gluon.Block,
     x, y = nd.array(rng.standard_normal((16, 5))), nd.array(rng.standard_normal((16, 3)))
     net(x)  # the deferred shapes
     net.collect_params().setattr("grad_req", grad_req)
-    if hybridize:
-        net.hybridize()
+    if hybridize:  # and run once, so that flattening replaces arrays a CachedOp has seen
+        net.hybridize(static_alloc=hybridize == "static", static_shape=hybridize == "static")
+        net(x)
     return net, x, y
 
 
@@ -33,8 +34,9 @@ def _backward(net, x, y) -> None:
     loss.backward()
 
 
-def _train(net, x, y, params, steps: int = 4, backwards: int = 1) -> list[np.ndarray]:
-    trainer = gluon.Trainer(params, "adagrad_scratch", OPTIONS)
+def _train(net, x, y, params, steps: int = 4, backwards: int = 1,
+           trainer_kwargs: dict | None = None) -> list[np.ndarray]:
+    trainer = gluon.Trainer(params, "adagrad_scratch", OPTIONS, **(trainer_kwargs or {}))
     for _ in range(steps):
         for _ in range(backwards):
             _backward(net, x, y)
@@ -44,7 +46,7 @@ def _train(net, x, y, params, steps: int = 4, backwards: int = 1) -> list[np.nda
     return [p.data().asnumpy() for p in net.collect_params().values()]
 
 
-@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("hybridize", [False, True, "static"])
 def test_flat_layout_trains_bit_identically(hybridize):
     net, x, y = _net(hybridize)
     initial = [p.data().asnumpy() for p in net.collect_params().values()]
@@ -174,3 +176,14 @@ def test_a_parameter_is_flattened_once_and_before_its_trainer():
     gluon.Trainer([other], "sgd")
     with pytest.raises(ValueError, match="Trainer already has it"):
         ag.flatten_parameters([other])
+
+
+def test_a_kvstore_that_updates_steps_the_flat_parameter_too():
+    net, x, y = _net()
+    expected = _train(net, x, y, net.collect_params(), trainer_kwargs={
+        "kvstore": mx.kv.create("local"), "update_on_kvstore": True})
+    net, x, y = _net()
+    got = _train(net, x, y, ag.flatten_parameters(net.collect_params()).params,
+                 trainer_kwargs={"kvstore": mx.kv.create("local"), "update_on_kvstore": True})
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(have, want)
