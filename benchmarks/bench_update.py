@@ -64,6 +64,7 @@ BOUND_SOURCE = Path(__file__).resolve().parent / "stream_bound.cc"
 TRAINER_CASES = {"1000x1k": (1000, 1000), "1x1M": (1, 1_000_000)}
 PERKEY_CASES = {"1000x1k": (1000, 1000), "1000x10": (1000, 10)}
 REGIMES = ("update", "trainer", "perkey")
+IDLE_SECONDS = 0.002
 BYTES_PER_ELEMENT = 20  # fused float32 Adagrad: read w, g, s; write w, s (4 B each)
 
 Step = Callable[[], None]
@@ -238,7 +239,8 @@ def measure(steps: dict[str, Step], repeats: int, target_seconds: float) -> dict
 
 def _seconds_per_step(step: Step, n: int) -> float:
     """The mean time of ``n`` calls of ``step``; a step with a ``prepare`` runs it (untimed)
-    before each call."""
+    before each call, then pauses ``IDLE_SECONDS``: whatever ``prepare`` costs, every step
+    starts from the same idle engine and OpenMP threads, as after a backward pass."""
     prepare = getattr(step, "prepare", None)
     if prepare is None:
         start = time.perf_counter()
@@ -250,6 +252,7 @@ def _seconds_per_step(step: Step, n: int) -> float:
     for _ in range(n):
         prepare()
         nd.waitall()
+        time.sleep(IDLE_SECONDS)
         start = time.perf_counter()
         step()
         nd.waitall()
@@ -355,6 +358,10 @@ def side_by_side_table(regime: str, cases: dict, best: dict, baseline: str) -> s
     rows = [[case.replace("x", "×"),
              *[f"{best[case, n] * 1e3:.2f} ms ({best[case, n] / best[case, baseline]:.2f}×)"
                for n in names]] for case in cases]
+    first, *others = [case.replace("x", "×") for case in cases]
+    keys = list(cases)
+    rows += [[f"{first} / {other}", *[f"{best[keys[0], n] / best[case, n]:.2f}×" for n in names]]
+             for other, case in zip(others, keys[1:], strict=True)]
     return f"{REGIME_TITLES[regime]}:\n\n" + markdown_table(["parameters", *names], rows)
 
 

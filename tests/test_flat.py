@@ -165,6 +165,11 @@ def test_unsupported_parameters_are_refused(make, error, message):
         ag.flatten_parameters(make())
 
 
+def test_a_bad_name_is_refused():
+    with pytest.raises(TypeError, match="name must be a non-empty string"):
+        ag.flatten_parameters([_param("a")], name="")
+
+
 def test_a_parameter_is_flattened_once_and_before_its_trainer():
     param = _param("a")
     with pytest.raises(ValueError, match="given twice"):

@@ -92,6 +92,8 @@ def flatten_parameters(params: Mapping[str, gluon.Parameter] | Iterable[gluon.Pa
     as views into one contiguous weight buffer and one gradient buffer, keeping their values
     and gradients; return the :class:`FlatParameters` whose ``params`` a ``gluon.Trainer``
     steps as one parameter named ``name``. See the module's docstring for what is refused."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"flatten_parameters: name must be a non-empty string, got {name!r}")
     members = _checked_members(params)
     first = members[0]
     dtype, ctx = np.dtype(first.data().dtype), first.list_ctx()[0]
