@@ -46,12 +46,13 @@ class FlatParameters:
     flat parameter}``) to ``gluon.Trainer``; :attr:`members` are the parameters laid out."""
 
     def __init__(self, members: tuple[gluon.Parameter, ...], flat: gluon.Parameter,
-                 views: list[tuple[nd.NDArray, nd.NDArray]]) -> None:
+                 weights: list[nd.NDArray], lists: list[tuple[list, list]]) -> None:
         self.members = members
         self.flat = flat
         self.params = {flat.name: flat}
-        self._views = views
-        self._weights = [weight for weight, _ in views]
+        self._weights = weights  # the members' weights: views of the flat parameter's
+        self._lists = lists  # the members' data and gradient lists, kept so ids stay theirs
+        self._list_ids = _gluon.array_list_ids(members)
         flat.on_read = self._check_members
 
     def _check_members(self) -> None:
@@ -61,11 +62,11 @@ class FlatParameters:
         flat_weight = self.flat.data()
         if _gluon.fresh_gradients([flat_weight])[0]:
             return
-        current = _gluon.current_arrays(self.members)
-        replaced = [m.name for m, (data, grad), (view, grad_view)
-                    in zip(self.members, current, self._views, strict=True)
-                    if data is not view or grad is not grad_view]
-        if replaced:
+        current = _gluon.array_list_ids(self.members)
+        if current != self._list_ids:
+            count = len(self.members)
+            replaced = [m.name for i, m in enumerate(self.members)
+                        if current[i::count] != self._list_ids[i::count]]
             raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
@@ -104,16 +105,16 @@ def flatten_parameters(params: Mapping[str, gluon.Parameter] | Iterable[gluon.Pa
     flat.initialize(init=mx.init.Zero(), ctx=ctx)
     weights, grads = flat.data(), nd.zeros((total,), ctx=ctx, dtype=dtype)
     _gluon.install_arrays(flat, weights, grads)
-    views, start = [], 0
+    views, lists, start = [], [], 0
     for member, size in zip(members, sizes, strict=True):
         data, grad = (buffer[start:start + size].reshape(member.shape)
                       for buffer in (weights, grads))
         data[:], grad[:] = member.data(), member.grad()
-        _gluon.install_arrays(member, data, grad)
-        views.append((data, grad))
+        lists.append(_gluon.install_arrays(member, data, grad))
+        views.append(data)
         _FLATTENED.add(member)
         start += size
-    return FlatParameters(members, flat, views)
+    return FlatParameters(members, flat, views, lists)
 
 
 def _checked_members(params) -> tuple[gluon.Parameter, ...]:
