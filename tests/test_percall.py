@@ -2,6 +2,8 @@
 the last identical one, that it is dropped when the arrays change, and that the results stay
 bit-identical to the reference update while rates change every step."""
 
+from array import array
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -76,3 +78,14 @@ def test_cached_calls_stay_bit_identical_while_rates_change(aggregate):
 
     for fused, reference in zip(run("fused"), run("reference"), strict=True):
         np.testing.assert_array_equal(fused, reference)
+
+
+def test_cached_rate_strings_keep_every_bit():
+    """The strings are cached by the numbers' bytes, so 0.0 and -0.0 (equal as floats, as
+    dictionary keys) keep their own strings, as repr gives them."""
+    def joined(*numbers: float) -> str:
+        return kernels._joined(array("d", numbers).tobytes())
+
+    assert joined(0.0, 0.1) == "0.0,0.1"
+    assert joined(-0.0, 0.1) == "-0.0,0.1"
+    assert joined(1e-300, 1 / 3) == f"{1e-300!r},{1 / 3!r}"

@@ -24,12 +24,12 @@ memory-bound loop is fastest with all of them.)
 
 from __future__ import annotations
 
-import array
 import ctypes
 import functools
 import os
 import threading
 import warnings
+from array import array as typed_array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -290,8 +290,8 @@ def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
     _op("adagrad_gluon_multi_update")(
         *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
-        lrs=_joined(array.array("d", [step.lr for step in steps]).tobytes()),
-        wds=_joined(array.array("d", [step.wd for step in steps]).tobytes()),
+        lrs=_joined(typed_array("d", [step.lr for step in steps]).tobytes()),
+        wds=_joined(typed_array("d", [step.wd for step in steps]).tobytes()),
         **_attrs(options, with_masters),
     )
 
@@ -300,4 +300,4 @@ def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool
 def _joined(numbers: bytes) -> str:
     """The float64 ``numbers`` (their bytes: the key tells -0.0 from 0.0, as ``repr`` does) as
     exact decimal strings, comma-separated: the operator's ``lrs``/``wds`` attribute."""
-    return ",".join(map(repr, array.array("d", numbers)))
+    return ",".join(map(repr, typed_array("d", numbers)))
