@@ -245,20 +245,22 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
 
-    def _checked_call(self, indices, weights, grads, states) -> list:
-        """:func:`~.checks.checked_arrays` of each parameter of one update call. A list call
-        that hands the very objects of an earlier one (``gluon.Trainer`` and its updater do,
-        every step) gets that call's result back without a check per parameter, unless a
-        gradient is row_sparse (its rows are checked every time). The cache holds the objects
-        it was keyed on, so their ids stay theirs."""
+    def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
+        """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
+        update call. A list call that hands the very objects of an earlier one, with the same
+        options (``gluon.Trainer`` and its updater do, every step), gets that call's result
+        back without a check per parameter, unless a gradient is row_sparse (its rows are
+        checked every time). The cache holds the objects it was keyed on, so their ids stay
+        theirs."""
         if len(indices) == 1:  # a parameter server's per-key call: nothing to gain here
             return [checked_arrays(self._checked, indices[0], weights[0], grads[0], states[0],
-                                   self._name)]
-        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)))
+                                   self._name, **check_options)]
+        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
+               tuple(sorted(check_options.items())))
         known = self._checked_calls.get(key[0])
         if known is not None and known[0] == key:
             return known[1]
-        checked = [checked_arrays(self._checked, *args, self._name)
+        checked = [checked_arrays(self._checked, *args, self._name, **check_options)
                    for args in zip(indices, weights, grads, states, strict=True)]
         if not any(c.row_sparse for c in checked) \
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
