@@ -176,16 +176,22 @@ def torch_adagrad(threads: int, **options) -> Callable[[int, int], Step]:
     return make
 
 
-def build_bound(directory: str) -> Callable:
-    """Compile ``stream_bound.cc`` into ``directory`` with the fused kernels' compiler and
-    flags; return its ``stream_bound`` function (loaded with ctypes)."""
-    output = Path(directory) / "libstream_bound.so"
-    command = [*shlex.split(build_module.compiler()), *build_module.CXXFLAGS, str(BOUND_SOURCE),
+def compile_library(source: Path, directory: str) -> ctypes.CDLL:
+    """Compile ``source`` into ``directory`` with the fused kernels' compiler and flags;
+    return the library, loaded with ctypes."""
+    output = Path(directory) / f"lib{source.stem}.so"
+    command = [*shlex.split(build_module.compiler()), *build_module.CXXFLAGS, str(source),
                "-o", str(output)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr}")
-    function = ctypes.CDLL(str(output)).stream_bound
+    return ctypes.CDLL(str(output))
+
+
+def build_bound(directory: str) -> Callable:
+    """Compile ``stream_bound.cc`` into ``directory`` (see :func:`compile_library`); return
+    its ``stream_bound`` function."""
+    function = compile_library(BOUND_SOURCE, directory).stream_bound
     pointer = ctypes.POINTER(ctypes.c_float)
     function.argtypes = [pointer, pointer, pointer, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
     function.restype = None

@@ -5,6 +5,7 @@
 * :mod:`.options`: ``AdagradOptions`` (frozen, checked) and the ``compat=`` presets;
 * :mod:`.optimizer`: :class:`AdagradScratch`, registered as ``adagrad_scratch``, with
   :mod:`.checks` (the arrays of an update) and :mod:`.nonfinite` (``nonfinite='skip'|'raise'``);
+* :mod:`.lazy_decay`: exact weight decay of the rows a ``row_sparse`` update skips;
 * :mod:`.kernels`: the fast path, ``fused_steps`` with ``reference_steps``'s signature,
   bit-identical to it (:mod:`.kernels.build` compiles and caches the C++ operators);
 * :mod:`.state`: one versioned ``.npz`` schema for a Trainer's states and the distributed

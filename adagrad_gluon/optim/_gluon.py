@@ -73,6 +73,12 @@ def has_sparse_parameters(trainer: gluon.Trainer) -> bool:
     return bool(trainer._contains_sparse_weight or trainer._contains_sparse_grad)
 
 
+def has_sparse_weight(param: gluon.Parameter) -> bool:
+    """Whether ``param``'s weight is sparse (``stype='row_sparse'``): a kvstore holds and
+    updates it, and ``param.list_data()`` refuses it."""
+    return param._stype != "default"
+
+
 def gradient_scale(trainer: gluon.Trainer) -> float:
     """The trainer's ``rescale_grad`` before ``step`` divides it by the batch size."""
     return trainer._scale
@@ -128,10 +134,18 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
     states = {}
     for index in sorted(set(map(int, created)) | set(trained_indices(trainer))):
         state = created[index] if index in created else optimizer.create_state_multi_precision(
-            index, trainer._params[index].list_data()[0])
+            index, _dense_weight(trainer._params[index]))
         master, acc = split_state(state)
         states[index] = (master, acc, int(counts.get(index, optimizer.begin_num_update)))
     return optimizer, states
+
+
+def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
+    of its shape and dtype, to create a state from."""
+    if has_sparse_weight(param):
+        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+    return param.list_data()[0]
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
@@ -155,6 +169,38 @@ def counts_of_others(optimizer: mx.optimizer.Optimizer, indices) -> list[int]:
     ``indices``."""
     return [count for counts in optimizer._all_index_update_counts.values()
             for index, count in counts.items() if index not in indices]
+
+
+def apply_pending_decay(trainer: gluon.Trainer, rows: dict | None = None) -> None:
+    """Apply the weight decay that lazy ``row_sparse`` updates of ``trainer``'s
+    ``adagrad_scratch`` have left pending (:meth:`AdagradScratch.apply_pending_decay`), on
+    every device: to every row of every parameter (``rows=None``: before evaluating or
+    exporting), or to the rows ``{parameter: row ids}`` names (before a batch's forward pass,
+    with the batch's token ids: the lookup then reads up-to-date rows). ``ValueError`` if a
+    kvstore holds the weights (``update_on_kvstore=True``) or a key is not the trainer's."""
+    optimizer, updaters = trainer_updaters(trainer)
+    if trainer._update_on_kvstore:
+        raise ValueError("apply_pending_decay needs the trainer to update its own weights "
+                         "(update_on_kvstore=False): with update_on_kvstore=True the kvstore "
+                         "holds the weights and their pending decay")
+    indices = {id(param): i for i, param in enumerate(trainer._params)}
+    if rows is None:
+        chosen = dict.fromkeys(range(len(trainer._params)))
+    elif not isinstance(rows, dict) or any(id(p) not in indices for p in rows):
+        raise ValueError(f"rows must be None or a dict {{parameter: row ids}} whose keys are "
+                         f"the trainer's parameters, got {rows!r:.200}")
+    else:
+        chosen = {indices[id(param)]: ids for param, ids in rows.items()}
+    for k, updater in enumerate(updaters):
+        for index, ids in chosen.items():
+            if index in updater.states:
+                optimizer.apply_pending_decay(index, trainer._params[index].list_data()[k],
+                                              updater.states[index], ids)
+
+
+def known_device_ids(optimizer: mx.optimizer.Optimizer) -> list[int]:
+    """The device ids the optimizer keeps update counts for."""
+    return sorted(optimizer._all_index_update_counts)
 
 
 # -- mx.optimizer.Updater / Optimizer (a kvstore's, e.g. on a parameter server) ------------------

@@ -16,11 +16,27 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_number
-from . import kernels
-from .checks import State, accumulator_dtype, check_dense_weight, checked_arrays, split_state
+from . import kernels, lazy_decay
+from .checks import (
+    State,
+    accumulator_dtype,
+    accumulator_shape,
+    check_dense_weight,
+    check_kvstore_row_sparse,
+    checked_arrays,
+    split_state,
+)
 from .functional import Step, denominator, reference_steps
+from .lazy_decay import RowDecay
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
-from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
+from .options import (
+    NO_WEIGHT_DECAY_PRESETS,
+    AdagradOptions,
+    check_compat,
+    flush_subnormal,
+    optimizer_kwargs,
+    resolve,
+)
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
@@ -52,9 +68,19 @@ class AdagradScratch(mx.optimizer.Optimizer):
     them as one :class:`~adagrad_gluon.optim.options.AdagradOptions`.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
-    update: only the rows present in the gradient, and their accumulator rows, change. A lazy
-    update cannot apply weight decay to the rows it skips, so it requires ``wd == 0``
-    (a ``ValueError`` otherwise, as the built-in refuses too).
+    update: only the rows present in the gradient, and their accumulator rows, change. Weight
+    decay is exact all the same with ``weight_decay_mode`` ``'decoupled'`` or ``'step'``: in
+    the dense update a row with a zero gradient only decays, ``w_r *= 1 - lr_k * wd_k`` at
+    each update ``k``. Each parameter (on each device) keeps a float64 running sum of
+    ``log1p(-lr_k * wd_k)`` and, per row, the sum at which its decay stands; a row's next update
+    first applies the product over exactly the updates it skipped, each with its own rate
+    (:mod:`.lazy_decay`). Rows lag until then: call :meth:`apply_pending_decay` (or
+    :func:`adagrad_gluon.apply_pending_decay` for a ``gluon.Trainer``) with a batch's token ids
+    before its forward pass, so that the lookup reads decayed rows, and for all rows before
+    evaluating or exporting; the lazy run then equals the dense one. ``'l2'`` decay, which
+    enters the accumulator of every row, and ``lr * wd >= 1`` raise a ``ValueError``. With
+    ``wd == 0`` nothing is kept. The marks are saved with the states (both state files, the
+    pickled ``Trainer.save_states``, the servers' checkpoints).
 
     The accumulator is float32 (float64 for float64 weights). float16 weights are updated in
     float32 and rounded back; with ``multi_precision=True`` a float32 master copy of the weight
@@ -81,8 +107,15 @@ class AdagradScratch(mx.optimizer.Optimizer):
         (PyTorch, MXNet 2.0), or a separate ``w -= lr * wd * w`` (Keras).
     maximize : bool, default False
         Ascend instead of descend (the gradient is negated after clipping).
-    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax'}, default 'd2l'
-        A preset for the four options above, as that framework defines Adagrad (table in
+    rowwise : bool, default False (from ``compat``)
+        One accumulator per row (axis 0) instead of per coordinate, for weights of two or
+        more dimensions (embedding tables): ``s_r += mean_j(g_rj^2)``, and every coordinate
+        of row ``r`` steps by ``lr * g_rj / sqrt(s_r + eps)`` (see
+        :mod:`adagrad_gluon.optim.functional`). The state is a ``(rows,)`` array, the row width
+        times smaller. A 1-D weight raises ``ValueError`` (in ``create_state``).
+    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax', 'groupadagrad', \
+'fbgemm'}, default 'd2l'
+        A preset for the five options above, as that framework defines Adagrad (table in
         :mod:`adagrad_gluon.optim.options`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
     nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
@@ -125,6 +158,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         lr_decay: float = 0.0,
         weight_decay_mode: str | None = None,
         maximize: bool = False,
+        rowwise: bool | None = None,
         compat: str = "d2l",
         kernel: str = "auto",
         nonfinite: str = "propagate",
@@ -135,7 +169,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
                           initial_accumulator_value=initial_accumulator_value,
                           lr_decay=lr_decay, weight_decay_mode=weight_decay_mode,
                           maximize=maximize, rescale_grad=kwargs["rescale_grad"],
-                          clip_gradient=kwargs.get("clip_gradient"))
+                          clip_gradient=kwargs.get("clip_gradient"), rowwise=rowwise)
+        if compat in NO_WEIGHT_DECAY_PRESETS and kwargs["wd"]:
+            raise ValueError(f"compat={compat!r} has no weight decay (the framework refuses "
+                             f"it): wd must be 0, got {kwargs['wd']!r}")
         super().__init__(**kwargs)
         self.compat = compat
         vars(self).update(dataclasses.asdict(options))
@@ -148,6 +185,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self._checked_calls: dict = {}  # indices of a list call -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
+        # (index, device id) -> where the lazy weight decay of row_sparse updates stands
+        self._row_decay: dict[tuple[int, int], RowDecay] = {}
 
     @property
     def options(self) -> AdagradOptions:
@@ -174,9 +213,15 @@ class AdagradScratch(mx.optimizer.Optimizer):
     # -- state -------------------------------------------------------------------------------
 
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
-        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
-        check_dense_weight(self._name(index), weight)
-        return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
+        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
+        of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
+        fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
+        (see :meth:`update`)."""
+        name = self._name(index)
+        if not _is_row_sparse(weight):
+            check_dense_weight(name, weight)
+        return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
+                       self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
     def create_state_multi_precision(self, index: int, weight: nd.NDArray) -> State:
@@ -206,7 +251,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
         ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``),
-        the :func:`~.functional.denominator` of the update.
+        the :func:`~.functional.denominator` of the update. With ``rowwise`` one rate per row
+        (shape ``(rows,)``): each coordinate of row ``r`` steps by its row's rate times ``g``.
 
         Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
@@ -216,7 +262,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
-        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
+        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``.
+
+        ``weight`` is dense, or the ``row_sparse`` weight (every row present) a kvstore keeps for
+        a ``Parameter(stype='row_sparse')`` (e.g. ``gluon.contrib.nn.SparseEmbedding``) with
+        ``update_on_kvstore``: on parameter servers, each holding a shard of its rows, or in
+        ``gluon.Trainer``'s local kvstore. Such a weight takes ``row_sparse`` gradients and a
+        lazy update (``wd == 0``): the gradient's rows of the weight and accumulator are
+        gathered, updated as dense rows (exactly as a dense weight's rows would be), and
+        written back; the other rows are not touched.
+        """
         self.update_multi_precision(index, weight, grad, state)
 
     def update_multi_precision(self, index: int | Sequence[int],
@@ -231,19 +286,33 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
+        if any(map(_is_row_sparse, weight)):
+            for args in zip(index, weight, grad, state, strict=True):
+                if _is_row_sparse(args[1]):
+                    self._update_row_sparse_weight(*args)
+                else:
+                    self.update_multi_precision(*args)
+            return
         options = self.options
-        checked = self._checked_call(index, weight, grad, state)
+        checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
         wds = _each(flush_subnormal, self._get_wds(index))
-        self._refuse_lazy_decay(index, checked, wds)
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
                                    for seq in (index, checked, wds))
             if not index:
                 return
-        lrs = self._count_and_lrs(index)
+        decays = self._lazy_decays(index, checked, wds)
+        lrs = (self._count_and_lrs(index) if decays is None
+               else self._checked_lazy_lrs(index, decays, wds, options.weight_decay_mode))
+        pending = [] if decays is None else self._keep_decays(index, checked, decays, lrs, wds)
+        for decay, work, rows, _, _ in pending:
+            lazy_decay.catch_up(decay, work, rows)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+        for decay, _, rows, lr, wd in pending:
+            lazy_decay.advance(decay, lr, wd)
+            lazy_decay.mark(decay, rows)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -269,15 +338,114 @@ class AdagradScratch(mx.optimizer.Optimizer):
             self._checked_calls[key[0]] = (key, checked, list(states))
         return checked
 
-    def _refuse_lazy_decay(self, indices, checked, wds) -> None:
-        """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
+    def _update_row_sparse_weight(self, index: int, weight: nd.NDArray, grad: nd.NDArray,
+                                  state: State) -> None:
+        """:meth:`update` of a kvstore's ``row_sparse`` weight: its gradient's rows only."""
+        name = self._name(index)
+        master, acc = split_state(state)
+        check_kvstore_row_sparse(name, weight, grad, acc, master)
+        wd = flush_subnormal(self._get_wds([index])[0])
+        if wd:
+            raise ValueError(
+                f"parameter {name}: a row_sparse weight gets a lazy update, which cannot apply "
+                f"weight decay to the rows it skips; set wd=0 (or wd_mult=0 for this "
+                f"parameter), got wd={wd}"
+            )
+        rows = grad.indices
+        if rows.shape[0] == 0:  # a server's shard that no gradient of this step touches
+            self._update_count(index)
+            return
+        rows_weight, rows_acc = nd.sparse.retain(weight, rows).data, nd.take(acc, rows)
+        self.update_multi_precision(index, rows_weight, grad.data, rows_acc)
+        acc[rows] = rows_acc
+        _set_rows(weight, rows, rows_weight)
+
+    def _lazy_decays(self, indices, checked, wds) -> list[RowDecay | None] | None:
+        """Each parameter's :class:`~.lazy_decay.RowDecay` (a new one for a row_sparse
+        gradient with ``wd > 0``; None where none is kept), or None if none is (wd == 0)."""
+        if not self._row_decay and not any(
+                c.row_sparse and wd for c, wd in zip(checked, wds, strict=True)):
+            return None
+        decays = []
         for i, c, wd in zip(indices, checked, wds, strict=True):
-            if wd and c.row_sparse:
-                raise ValueError(
-                    f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
-                    f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
-                    f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
-                )
+            decay = self._row_decay.get((i, c.weight.context.device_id))
+            if decay is None and c.row_sparse and wd:
+                decay = RowDecay.fresh(c.weight)
+            decays.append(decay)
+        return decays
+
+    def _checked_lazy_lrs(self, indices, decays, wds, weight_decay_mode: str) -> list[float]:
+        """:meth:`_count_and_lrs`, refusing (``ValueError``, nothing counted) an update whose
+        lazy decay cannot be exact."""
+        counts, num_update = dict(self._index_update_count), self.num_update
+        lrs = self._count_and_lrs(indices)
+        try:
+            for i, decay, lr, wd in zip(indices, decays, lrs, wds, strict=True):
+                if decay is not None and wd:
+                    lazy_decay.check_lazy_decay(self._name(i), weight_decay_mode, lr, wd)
+        except ValueError:
+            self._index_update_count.clear()
+            self._index_update_count.update(counts)
+            self.num_update = num_update
+            raise
+        return lrs
+
+    def _keep_decays(self, indices, checked, decays, lrs, wds) -> list[tuple]:
+        """Keep ``decays`` (a new one from now on); ``(decay, the array that decays, the rows
+        updated or None for all, lr, wd)`` of each parameter that has one."""
+        pending = []
+        for i, c, decay, lr, wd in zip(indices, checked, decays, lrs, wds, strict=True):
+            if decay is not None:
+                self._row_decay[(i, c.weight.context.device_id)] = decay
+                pending.append((decay, c.weight if c.master is None else c.master,
+                                c.grad.indices if c.row_sparse else None, lr, wd))
+        return pending
+
+    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State,
+                            rows=None) -> None:
+        """Bring ``rows`` (all if None; any integers, e.g. a batch's token ids) of parameter
+        ``index``'s ``weight`` (with its ``state``) up to date with the weight decay the lazy
+        ``row_sparse`` update has not applied yet (see the class docstring).
+
+        A row the gradients skip lags until its next update. The forward pass reads it as it
+        is, so call this for the rows a batch looks up before its forward pass (or
+        :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``), and for all
+        rows before evaluating, exporting or averaging the weights. A parameter without
+        pending decay is left as it is.
+        """
+        if rows is not None:
+            rows = lazy_decay.row_ids(self._name(index), rows, weight.shape[0]).as_in_context(
+                weight.context)
+        decay = self._row_decay.get((index, weight.context.device_id))
+        if decay is None:
+            return
+        master, _ = split_state(state)
+        lazy_decay.catch_up(decay, weight if master is None else master, rows)
+        lazy_decay.mark(decay, rows)
+        if master is None:
+            return
+        if rows is None:
+            nd.cast(master, dtype=weight.dtype, out=weight)
+        elif rows.shape[0]:
+            weight[rows] = nd.take(master, rows).astype(weight.dtype)
+
+    def lazy_decay_marks(self) -> dict[int, tuple[float, np.ndarray]]:
+        """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay (see
+        :mod:`.lazy_decay`), as saved with the states: those of the lowest device id, whose
+        states and update counts the state files hold too."""
+        marks = {}
+        for index, device_id in sorted(self._row_decay, reverse=True):  # the lowest id wins
+            marks[index] = self._row_decay[(index, device_id)].to_numpy()
+        return marks
+
+    def restore_lazy_decay_marks(self, index: int, device_ids, saved) -> None:
+        """Give parameter ``index`` on ``device_ids`` the saved ``(log_sum, marks)`` of
+        :meth:`lazy_decay_marks`, or no pending decay at all if ``saved`` is None."""
+        for device_id in device_ids:
+            if saved is None:
+                self._row_decay.pop((index, device_id), None)
+            else:
+                self._row_decay[(index, device_id)] = RowDecay.from_numpy(*saved)
 
     @property
     def num_nonfinite_skipped(self) -> int:
@@ -317,9 +485,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
         raises :class:`~adagrad_gluon.optim.kernels.KernelUnavailableError` here, not mid-training.
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        for field in dataclasses.fields(AdagradOptions):  # options added since it was pickled
+            vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
         self._checked_calls = {}
         self._step_updated = set()
+        vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
@@ -336,6 +507,19 @@ def _each(function, values: list) -> list:
         return [function(values[0])]
     results = {value: function(value) for value in set(values)}
     return [results[value] for value in values]
+
+
+def _is_row_sparse(array) -> bool:
+    return getattr(array, "stype", None) == "row_sparse"
+
+
+def _set_rows(weight: nd.NDArray, rows: nd.NDArray, values: nd.NDArray) -> None:
+    """``weight[rows] = values``, in place, for a ``row_sparse`` weight holding every row
+    (MXNet has no such assignment): MXNet's lazy ``sgd_update`` of those rows,
+    ``w = (1 - lr * wd) * w - lr * rescale_grad * g``, with ``lr = wd = 1`` and
+    ``rescale_grad = -1`` is ``0 * w + values``, exactly ``values`` for a finite ``w``."""
+    nd.sgd_update(weight, nd.sparse.row_sparse_array((values, rows), shape=weight.shape),
+                  lr=1.0, wd=1.0, rescale_grad=-1.0, lazy_update=True, out=weight)
 
 
 def register() -> None:

@@ -19,7 +19,9 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # the options that decide what the saved numbers mean: a resumed run must share them
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                "weight_decay_mode", "maximize", "multi_precision")
+                "weight_decay_mode", "maximize", "multi_precision", "rowwise")
+# options newer than some files: their value in a file that does not name them
+OPTION_DEFAULTS = {"rowwise": False}
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 SCALARS = (bool, int, float, str, type(None))
 
@@ -56,6 +58,8 @@ class Entry:
     dtype: str  # the weight's
     update_count: int
     master: bool  # whether a float32 master weight is saved next to the accumulator
+    # lazy weight decay (optim/lazy_decay.py): the log_sum, with the row marks 'decay/<index>'
+    decay: float | None = None
 
     @classmethod
     def from_meta(cls, path: Path, raw) -> Entry:
@@ -74,15 +78,32 @@ class Entry:
             raise ValueError(f"{path}: dtype of parameter #{index} must be one of "
                              f"{', '.join(WEIGHT_DTYPES)}, got {raw['dtype']!r:.80}")
         count = check_count(f"{path}: update_count of parameter #{index}", raw["update_count"])
-        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"])
+        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"],
+                   _check_decay(path, index, raw.get("decay"), shape))
 
-    def members(self) -> dict[str, Member]:
-        """The arrays the entry says the file holds, each of exactly its shape and dtype."""
-        members = {f"acc/{self.index}": _array_member(self.shape,
-                                                      accumulator_dtype(self.dtype))}
+    def members(self, rowwise: bool = False) -> dict[str, Member]:
+        """The arrays the entry says the file holds, each of exactly its shape and dtype (the
+        accumulator of a ``rowwise`` optimizer has one value per row: ``shape[:1]``)."""
+        acc_shape = self.shape[:1] if rowwise else self.shape
+        members = {f"acc/{self.index}": _array_member(acc_shape, accumulator_dtype(self.dtype))}
         if self.master:
             members[f"master/{self.index}"] = _array_member(self.shape, np.float32)
+        if self.decay is not None:
+            members[f"decay/{self.index}"] = _array_member(self.shape[:1], np.float64)
         return members
+
+
+def _check_decay(path: Path, index: int, decay, shape: list[int]) -> float | None:
+    """An entry's optional ``decay`` (lazy weight decay's ``log_sum``): None, or a finite
+    number <= 0 of a parameter with rows."""
+    if decay is None:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) \
+            or not math.isfinite(decay) or decay > 0 or not shape:
+        raise ValueError(f"{path}: 'decay' of parameter #{index} must be null or a finite "
+                         f"number <= 0 (a sum of log(1 - lr * wd)) of a parameter with rows, "
+                         f"got {decay!r:.80}")
+    return float(decay)
 
 
 def _upgrade_version_1(meta: dict) -> dict:
