@@ -25,7 +25,7 @@ def test_a_repeated_list_call_does_not_check_its_arrays_again(monkeypatch):
     checks = []
     original = optimizer.checked_arrays
     monkeypatch.setattr(optimizer, "checked_arrays",
-                        lambda *args: checks.append(args[1]) or original(*args))
+                        lambda *args, **kw: checks.append(args[1]) or original(*args, **kw))
     opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused")
     updater = mx.optimizer.get_updater(opt)
     weights, grads = _arrays()
