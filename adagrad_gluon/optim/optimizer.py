@@ -182,6 +182,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+        self._checked_calls: dict = {}  # indices of a list call -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         # (index, device id) -> where the lazy weight decay of row_sparse updates stands
@@ -293,9 +294,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
                     self.update_multi_precision(*args)
             return
         options = self.options
-        checked = [checked_arrays(self._checked, *args, self._name, rowwise=options.rowwise)
-                   for args in zip(index, weight, grad, state, strict=True)]
-        wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
+        checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
+        wds = _each(flush_subnormal, self._get_wds(index))
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
@@ -313,6 +313,30 @@ class AdagradScratch(mx.optimizer.Optimizer):
         for decay, _, rows, lr, wd in pending:
             lazy_decay.advance(decay, lr, wd)
             lazy_decay.mark(decay, rows)
+
+    def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
+        """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
+        update call. A list call that hands the very objects of an earlier one, with the same
+        options (``gluon.Trainer`` and its updater do, every step), gets that call's result
+        back without a check per parameter, unless a gradient is row_sparse (its rows are
+        checked every time). The cache holds the objects it was keyed on, so their ids stay
+        theirs."""
+        if len(indices) == 1:  # a parameter server's per-key call: nothing to gain here
+            return [checked_arrays(self._checked, indices[0], weights[0], grads[0], states[0],
+                                   self._name, **check_options)]
+        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
+               tuple(sorted(check_options.items())))
+        known = self._checked_calls.get(key[0])
+        if known is not None and known[0] == key:
+            return known[1]
+        checked = [checked_arrays(self._checked, *args, self._name, **check_options)
+                   for args in zip(indices, weights, grads, states, strict=True)]
+        if not any(c.row_sparse for c in checked) \
+                and not any(isinstance(s, list) for s in states):  # a list's items can change
+            if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
+                self._checked_calls.clear()
+            self._checked_calls[key[0]] = (key, checked, list(states))
+        return checked
 
     def _update_row_sparse_weight(self, index: int, weight: nd.NDArray, grad: nd.NDArray,
                                   state: State) -> None:
@@ -443,7 +467,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
             return lrs
         self._update_count(indices)
         t = self._index_update_count[indices[0]]  # the count all of them share
-        return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
+        return _each(lambda lr: self._decayed(lr, t), self._get_lrs(indices))
 
     def __getstate__(self) -> dict:
         """Pickle (``gluon.Trainer.save_states``, the parameter servers) without the caches:
@@ -451,7 +475,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values"):
+        for name in ("_steps", "_options", "_option_values", "_checked_calls"):
             state.pop(name, None)
         return state
 
@@ -464,6 +488,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         for field in dataclasses.fields(AdagradOptions):  # options added since it was pickled
             vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
+        self._checked_calls = {}
         self._step_updated = set()
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
@@ -472,6 +497,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _each(function, values: list) -> list:
+    """``[function(v) for v in values]`` with one call per distinct value (a Trainer's rates
+    and decays are mostly equal). Exact for the functions used here: equal floats differ only
+    as 0.0 and -0.0, which :func:`~.options.flush_subnormal` maps to the same 0.0."""
+    if len(values) == 1:
+        return [function(values[0])]
+    results = {value: function(value) for value in set(values)}
+    return [results[value] for value in values]
 
 
 def _is_row_sparse(array) -> bool:

@@ -29,6 +29,7 @@ import functools
 import os
 import threading
 import warnings
+from array import array as typed_array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -295,7 +296,14 @@ def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
     _op("adagrad_gluon_multi_update")(
         *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
-        lrs=",".join([repr(float(step.lr)) for step in steps]),
-        wds=",".join([repr(float(step.wd)) for step in steps]),
+        lrs=_joined(typed_array("d", [step.lr for step in steps]).tobytes()),
+        wds=_joined(typed_array("d", [step.wd for step in steps]).tobytes()),
         **_attrs(options, with_masters),
     )
+
+
+@functools.lru_cache(maxsize=16)  # a Trainer's rates rarely change from one step to the next
+def _joined(numbers: bytes) -> str:
+    """The float64 ``numbers`` (their bytes: the key tells -0.0 from 0.0, as ``repr`` does) as
+    exact decimal strings, comma-separated: the operator's ``lrs``/``wds`` attribute."""
+    return ",".join(map(repr, typed_array("d", numbers)))
