@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from mxnet import nd
 
+from .checks import State, split_state
+
 
 @dataclass
 class RowDecay:
@@ -117,4 +119,122 @@ def mark(decay: RowDecay, rows: nd.NDArray | None = None) -> None:
         decay.marks[rows] = decay.log_sum
 
 
-__all__ = ["RowDecay", "advance", "catch_up", "check_lazy_decay", "mark", "row_ids"]
+def catch_up_all(pending: list[tuple]) -> None:
+    """Before an update: each pending ``(decay, work, rows, lr, wd)``'s rows catch up."""
+    for decay, work, rows, _, _ in pending:
+        catch_up(decay, work, rows)
+
+
+def advance_all(pending: list[tuple]) -> None:
+    """After an update: count it in each decay and mark its rows as up to date."""
+    for decay, _, rows, lr, wd in pending:
+        advance(decay, lr, wd)
+        mark(decay, rows)
+
+
+class LazyDecayMixin:
+    """The optimizer's side of the exact lazy weight decay (mixed into
+    :class:`~adagrad_gluon.optim.optimizer.AdagradScratch`, which keeps ``_row_decay``:
+    ``(index, device id) -> RowDecay``, and provides ``_count_and_lrs`` and ``_name``)."""
+
+    def _lrs_and_pending_decay(self, indices, checked, wds,
+                               weight_decay_mode: str) -> tuple[list[float], list[tuple]]:
+        """The rates of this update (counting it, as ``_count_and_lrs`` does) and the pending
+        decays to catch up before it and advance after it (see :func:`catch_up_all`); with
+        ``wd == 0`` and no decay kept, just the rates."""
+        decays = self._lazy_decays(indices, checked, wds)
+        if decays is None:
+            return self._count_and_lrs(indices), []
+        lrs = self._checked_lazy_lrs(indices, decays, wds, weight_decay_mode)
+        return lrs, self._keep_decays(indices, checked, decays, lrs, wds)
+
+    def _lazy_decays(self, indices, checked, wds) -> list[RowDecay | None] | None:
+        """Each parameter's :class:`~.lazy_decay.RowDecay` (a new one for a row_sparse
+        gradient with ``wd > 0``; None where none is kept), or None if none is (wd == 0)."""
+        if not self._row_decay and not any(
+                c.row_sparse and wd for c, wd in zip(checked, wds, strict=True)):
+            return None
+        decays = []
+        for i, c, wd in zip(indices, checked, wds, strict=True):
+            decay = self._row_decay.get((i, c.weight.context.device_id))
+            if decay is None and c.row_sparse and wd:
+                decay = RowDecay.fresh(c.weight)
+            decays.append(decay)
+        return decays
+
+    def _checked_lazy_lrs(self, indices, decays, wds, weight_decay_mode: str) -> list[float]:
+        """:meth:`_count_and_lrs`, refusing (``ValueError``, nothing counted) an update whose
+        lazy decay cannot be exact."""
+        counts, num_update = dict(self._index_update_count), self.num_update
+        lrs = self._count_and_lrs(indices)
+        try:
+            for i, decay, lr, wd in zip(indices, decays, lrs, wds, strict=True):
+                if decay is not None and wd:
+                    check_lazy_decay(self._name(i), weight_decay_mode, lr, wd)
+        except ValueError:
+            self._index_update_count.clear()
+            self._index_update_count.update(counts)
+            self.num_update = num_update
+            raise
+        return lrs
+
+    def _keep_decays(self, indices, checked, decays, lrs, wds) -> list[tuple]:
+        """Keep ``decays`` (a new one from now on); ``(decay, the array that decays, the rows
+        updated or None for all, lr, wd)`` of each parameter that has one."""
+        pending = []
+        for i, c, decay, lr, wd in zip(indices, checked, decays, lrs, wds, strict=True):
+            if decay is not None:
+                self._row_decay[(i, c.weight.context.device_id)] = decay
+                pending.append((decay, c.weight if c.master is None else c.master,
+                                c.grad.indices if c.row_sparse else None, lr, wd))
+        return pending
+
+    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State,
+                            rows=None) -> None:
+        """Bring ``rows`` (all if None; any integers, e.g. a batch's token ids) of parameter
+        ``index``'s ``weight`` (with its ``state``) up to date with the weight decay the lazy
+        ``row_sparse`` update has not applied yet (see the class docstring).
+
+        A row the gradients skip lags until its next update. The forward pass reads it as it
+        is, so call this for the rows a batch looks up before its forward pass (or
+        :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``), and for all
+        rows before evaluating, exporting or averaging the weights. A parameter without
+        pending decay is left as it is.
+        """
+        if rows is not None:
+            rows = row_ids(self._name(index), rows, weight.shape[0]).as_in_context(
+                weight.context)
+        decay = self._row_decay.get((index, weight.context.device_id))
+        if decay is None:
+            return
+        master, _ = split_state(state)
+        catch_up(decay, weight if master is None else master, rows)
+        mark(decay, rows)
+        if master is None:
+            return
+        if rows is None:
+            nd.cast(master, dtype=weight.dtype, out=weight)
+        elif rows.shape[0]:
+            weight[rows] = nd.take(master, rows).astype(weight.dtype)
+
+    def lazy_decay_marks(self) -> dict[int, tuple[float, np.ndarray]]:
+        """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay (see
+        :mod:`.lazy_decay`), as saved with the states: those of the lowest device id, whose
+        states and update counts the state files hold too."""
+        marks = {}
+        for index, device_id in sorted(self._row_decay, reverse=True):  # the lowest id wins
+            marks[index] = self._row_decay[(index, device_id)].to_numpy()
+        return marks
+
+    def restore_lazy_decay_marks(self, index: int, device_ids, saved) -> None:
+        """Give parameter ``index`` on ``device_ids`` the saved ``(log_sum, marks)`` of
+        :meth:`lazy_decay_marks`, or no pending decay at all if ``saved`` is None."""
+        for device_id in device_ids:
+            if saved is None:
+                self._row_decay.pop((index, device_id), None)
+            else:
+                self._row_decay[(index, device_id)] = RowDecay.from_numpy(*saved)
+
+
+__all__ = ["LazyDecayMixin", "RowDecay", "advance", "advance_all", "catch_up", "catch_up_all",
+           "check_lazy_decay", "mark", "row_ids"]

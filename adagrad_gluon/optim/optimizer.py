@@ -22,12 +22,11 @@ from .checks import (
     accumulator_dtype,
     accumulator_shape,
     check_dense_weight,
-    check_kvstore_row_sparse,
     checked_arrays,
     split_state,
 )
 from .functional import Step, denominator, reference_steps
-from .lazy_decay import RowDecay
+from .lazy_decay import LazyDecayMixin
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
 from .options import (
     NO_WEIGHT_DECAY_PRESETS,
@@ -37,6 +36,7 @@ from .options import (
     optimizer_kwargs,
     resolve,
 )
+from .sparse_weights import is_row_sparse, update_kvstore_row_sparse
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
@@ -47,7 +47,7 @@ REGISTERED_NAME = "adagrad_scratch"
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
 
 
-class AdagradScratch(mx.optimizer.Optimizer):
+class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     r"""Adagrad (Duchi, Hazan and Singer, JMLR 2011), written from scratch for MXNet Gluon.
 
     Use it by name: ``gluon.Trainer(params, 'adagrad_scratch', {'learning_rate': 0.1})`` or
@@ -186,7 +186,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         # (index, device id) -> where the lazy weight decay of row_sparse updates stands
-        self._row_decay: dict[tuple[int, int], RowDecay] = {}
+        self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
 
     @property
     def options(self) -> AdagradOptions:
@@ -218,7 +218,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
         (see :meth:`update`)."""
         name = self._name(index)
-        if not _is_row_sparse(weight):
+        if not is_row_sparse(weight):
             check_dense_weight(name, weight)
         return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
                        self.initial_accumulator_value, weight.context,
@@ -286,10 +286,10 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
-        if any(map(_is_row_sparse, weight)):
+        if any(map(is_row_sparse, weight)):
             for args in zip(index, weight, grad, state, strict=True):
-                if _is_row_sparse(args[1]):
-                    self._update_row_sparse_weight(*args)
+                if is_row_sparse(args[1]):
+                    update_kvstore_row_sparse(self, *args)
                 else:
                     self.update_multi_precision(*args)
             return
@@ -302,17 +302,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
                                    for seq in (index, checked, wds))
             if not index:
                 return
-        decays = self._lazy_decays(index, checked, wds)
-        lrs = (self._count_and_lrs(index) if decays is None
-               else self._checked_lazy_lrs(index, decays, wds, options.weight_decay_mode))
-        pending = [] if decays is None else self._keep_decays(index, checked, decays, lrs, wds)
-        for decay, work, rows, _, _ in pending:
-            lazy_decay.catch_up(decay, work, rows)
+        lrs, pending = self._lrs_and_pending_decay(index, checked, wds,
+                                                   options.weight_decay_mode)
+        lazy_decay.catch_up_all(pending)
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
-        for decay, _, rows, lr, wd in pending:
-            lazy_decay.advance(decay, lr, wd)
-            lazy_decay.mark(decay, rows)
+        lazy_decay.advance_all(pending)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -337,115 +332,6 @@ class AdagradScratch(mx.optimizer.Optimizer):
                 self._checked_calls.clear()
             self._checked_calls[key[0]] = (key, checked, list(states))
         return checked
-
-    def _update_row_sparse_weight(self, index: int, weight: nd.NDArray, grad: nd.NDArray,
-                                  state: State) -> None:
-        """:meth:`update` of a kvstore's ``row_sparse`` weight: its gradient's rows only."""
-        name = self._name(index)
-        master, acc = split_state(state)
-        check_kvstore_row_sparse(name, weight, grad, acc, master)
-        wd = flush_subnormal(self._get_wds([index])[0])
-        if wd:
-            raise ValueError(
-                f"parameter {name}: a row_sparse weight gets a lazy update, which cannot apply "
-                f"weight decay to the rows it skips; set wd=0 (or wd_mult=0 for this "
-                f"parameter), got wd={wd}"
-            )
-        rows = grad.indices
-        if rows.shape[0] == 0:  # a server's shard that no gradient of this step touches
-            self._update_count(index)
-            return
-        rows_weight, rows_acc = nd.sparse.retain(weight, rows).data, nd.take(acc, rows)
-        self.update_multi_precision(index, rows_weight, grad.data, rows_acc)
-        acc[rows] = rows_acc
-        _set_rows(weight, rows, rows_weight)
-
-    def _lazy_decays(self, indices, checked, wds) -> list[RowDecay | None] | None:
-        """Each parameter's :class:`~.lazy_decay.RowDecay` (a new one for a row_sparse
-        gradient with ``wd > 0``; None where none is kept), or None if none is (wd == 0)."""
-        if not self._row_decay and not any(
-                c.row_sparse and wd for c, wd in zip(checked, wds, strict=True)):
-            return None
-        decays = []
-        for i, c, wd in zip(indices, checked, wds, strict=True):
-            decay = self._row_decay.get((i, c.weight.context.device_id))
-            if decay is None and c.row_sparse and wd:
-                decay = RowDecay.fresh(c.weight)
-            decays.append(decay)
-        return decays
-
-    def _checked_lazy_lrs(self, indices, decays, wds, weight_decay_mode: str) -> list[float]:
-        """:meth:`_count_and_lrs`, refusing (``ValueError``, nothing counted) an update whose
-        lazy decay cannot be exact."""
-        counts, num_update = dict(self._index_update_count), self.num_update
-        lrs = self._count_and_lrs(indices)
-        try:
-            for i, decay, lr, wd in zip(indices, decays, lrs, wds, strict=True):
-                if decay is not None and wd:
-                    lazy_decay.check_lazy_decay(self._name(i), weight_decay_mode, lr, wd)
-        except ValueError:
-            self._index_update_count.clear()
-            self._index_update_count.update(counts)
-            self.num_update = num_update
-            raise
-        return lrs
-
-    def _keep_decays(self, indices, checked, decays, lrs, wds) -> list[tuple]:
-        """Keep ``decays`` (a new one from now on); ``(decay, the array that decays, the rows
-        updated or None for all, lr, wd)`` of each parameter that has one."""
-        pending = []
-        for i, c, decay, lr, wd in zip(indices, checked, decays, lrs, wds, strict=True):
-            if decay is not None:
-                self._row_decay[(i, c.weight.context.device_id)] = decay
-                pending.append((decay, c.weight if c.master is None else c.master,
-                                c.grad.indices if c.row_sparse else None, lr, wd))
-        return pending
-
-    def apply_pending_decay(self, index: int, weight: nd.NDArray, state: State,
-                            rows=None) -> None:
-        """Bring ``rows`` (all if None; any integers, e.g. a batch's token ids) of parameter
-        ``index``'s ``weight`` (with its ``state``) up to date with the weight decay the lazy
-        ``row_sparse`` update has not applied yet (see the class docstring).
-
-        A row the gradients skip lags until its next update. The forward pass reads it as it
-        is, so call this for the rows a batch looks up before its forward pass (or
-        :func:`adagrad_gluon.apply_pending_decay` for a whole ``gluon.Trainer``), and for all
-        rows before evaluating, exporting or averaging the weights. A parameter without
-        pending decay is left as it is.
-        """
-        if rows is not None:
-            rows = lazy_decay.row_ids(self._name(index), rows, weight.shape[0]).as_in_context(
-                weight.context)
-        decay = self._row_decay.get((index, weight.context.device_id))
-        if decay is None:
-            return
-        master, _ = split_state(state)
-        lazy_decay.catch_up(decay, weight if master is None else master, rows)
-        lazy_decay.mark(decay, rows)
-        if master is None:
-            return
-        if rows is None:
-            nd.cast(master, dtype=weight.dtype, out=weight)
-        elif rows.shape[0]:
-            weight[rows] = nd.take(master, rows).astype(weight.dtype)
-
-    def lazy_decay_marks(self) -> dict[int, tuple[float, np.ndarray]]:
-        """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay (see
-        :mod:`.lazy_decay`), as saved with the states: those of the lowest device id, whose
-        states and update counts the state files hold too."""
-        marks = {}
-        for index, device_id in sorted(self._row_decay, reverse=True):  # the lowest id wins
-            marks[index] = self._row_decay[(index, device_id)].to_numpy()
-        return marks
-
-    def restore_lazy_decay_marks(self, index: int, device_ids, saved) -> None:
-        """Give parameter ``index`` on ``device_ids`` the saved ``(log_sum, marks)`` of
-        :meth:`lazy_decay_marks`, or no pending decay at all if ``saved`` is None."""
-        for device_id in device_ids:
-            if saved is None:
-                self._row_decay.pop((index, device_id), None)
-            else:
-                self._row_decay[(index, device_id)] = RowDecay.from_numpy(*saved)
 
     @property
     def num_nonfinite_skipped(self) -> int:
@@ -507,19 +393,6 @@ def _each(function, values: list) -> list:
         return [function(values[0])]
     results = {value: function(value) for value in set(values)}
     return [results[value] for value in values]
-
-
-def _is_row_sparse(array) -> bool:
-    return getattr(array, "stype", None) == "row_sparse"
-
-
-def _set_rows(weight: nd.NDArray, rows: nd.NDArray, values: nd.NDArray) -> None:
-    """``weight[rows] = values``, in place, for a ``row_sparse`` weight holding every row
-    (MXNet has no such assignment): MXNet's lazy ``sgd_update`` of those rows,
-    ``w = (1 - lr * wd) * w - lr * rescale_grad * g``, with ``lr = wd = 1`` and
-    ``rescale_grad = -1`` is ``0 * w + values``, exactly ``values`` for a finite ``w``."""
-    nd.sgd_update(weight, nd.sparse.row_sparse_array((values, rows), shape=weight.shape),
-                  lr=1.0, wd=1.0, rescale_grad=-1.0, lazy_update=True, out=weight)
 
 
 def register() -> None:
