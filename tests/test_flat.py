@@ -192,3 +192,40 @@ def test_a_kvstore_that_updates_steps_the_flat_parameter_too():
                  trainer_kwargs={"kvstore": mx.kv.create("local"), "update_on_kvstore": True})
     for want, have in zip(expected, got, strict=True):
         np.testing.assert_array_equal(have, want)
+
+
+def test_with_a_kvstore_that_updates_partial_backwards_and_replaced_arrays_are_refused():
+    # a kvstore that updates never clears the flat gradient's fresh flag: the checks must not
+    # rely on it
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS,
+                            kvstore=mx.kv.create("local"), update_on_kvstore=True)
+    _backward(net, x, y)
+    trainer.step(16)
+    with autograd.record():
+        loss = net[0](x).sum()
+    loss.backward()
+    with pytest.raises(ValueError, match=f"{net[1].weight.name}.*{net[1].bias.name}"):
+        trainer.step(16)
+    net[1].bias.initialize(mx.init.One(), force_reinit=True)
+    _backward(net, x, y)
+    with pytest.raises(ValueError, match=f"{net[1].bias.name}.*no longer use the flat buffers"):
+        trainer.step(16)
+
+
+def test_two_groups_get_names_of_their_own_and_share_a_trainer():
+    first, second = (ag.flatten_parameters([_param(name)]) for name in ("a", "b"))
+    params = {**first.params, **second.params}
+    assert len(params) == 2 and first.flat.name != second.flat.name
+    gluon.Trainer(params, "adagrad_scratch", OPTIONS)
+
+
+def test_changing_lr_mult_after_flattening_is_refused():
+    net, x, y = _net()
+    trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
+                            "adagrad_scratch", OPTIONS)
+    net[1].weight.lr_mult = 2.0
+    _backward(net, x, y)
+    with pytest.raises(ValueError, match=f"{net[1].weight.name}.*changed lr_mult or wd_mult"):
+        trainer.step(16)

@@ -26,6 +26,7 @@ a new ``grad_req``) raises ``ValueError`` instead of silently training a copy.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -39,6 +40,7 @@ __all__ = ["FlatParameters", "flatten_parameters"]
 
 # every parameter flattened so far (a parameter's arrays can be views of one buffer only)
 _FLATTENED: weakref.WeakSet = weakref.WeakSet()
+_NAMES = itertools.count()  # the default names of flat parameters: flat0, flat1, ...
 
 
 class FlatParameters:
@@ -56,12 +58,16 @@ class FlatParameters:
         flat.on_read = self._check_members
 
     def _check_members(self) -> None:
-        """Before the Trainer reads the flat parameter (unless its gradient is fresh already):
-        refuse members whose arrays were replaced; make the flat gradient fresh when every
-        member's is (and theirs stale)."""
+        """Before the Trainer reads the flat parameter: refuse members whose arrays were
+        replaced or whose ``lr_mult``/``wd_mult`` changed; make the flat gradient fresh when
+        every member's is (and theirs stale), refuse a step after a backward through only some
+        of them. (Not the flat gradient's own flag: a kvstore that updates never clears it.)"""
         flat_weight = self.flat.data()
-        if _gluon.fresh_gradients([flat_weight])[0]:
-            return
+        changed = [m.name for m in self.members
+                   if (m.lr_mult, m.wd_mult) != (self.flat.lr_mult, self.flat.wd_mult)]
+        if changed:
+            raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult after "
+                             f"flattening (the flat parameter has one of each); flatten again")
         current = _gluon.array_list_ids(self.members)
         if current != self._list_ids:
             count = len(self.members)
@@ -88,11 +94,14 @@ def _names(names: list[str], limit: int = 5) -> str:
 
 
 def flatten_parameters(params: Mapping[str, gluon.Parameter] | Iterable[gluon.Parameter],
-                       name: str = "flat") -> FlatParameters:
+                       name: str | None = None) -> FlatParameters:
     """Lay ``params`` (a ``ParameterDict``, e.g. ``net.collect_params()``, or Parameters) out
     as views into one contiguous weight buffer and one gradient buffer, keeping their values
     and gradients; return the :class:`FlatParameters` whose ``params`` a ``gluon.Trainer``
-    steps as one parameter named ``name``. See the module's docstring for what is refused."""
+    steps as one parameter named ``name`` (default ``'flat0'``, ``'flat1'``, ...: each its
+    own, so two groups can share a Trainer). See the module's docstring for what is refused."""
+    if name is None:
+        name = f"flat{next(_NAMES)}"
     if not isinstance(name, str) or not name:
         raise TypeError(f"flatten_parameters: name must be a non-empty string, got {name!r}")
     members = _checked_members(params)
