@@ -40,6 +40,21 @@ def test_a_repeated_list_call_does_not_check_its_arrays_again(monkeypatch):
     assert checks[COUNT:] == [0, 1, 2]
 
 
+def test_list_calls_of_two_contexts_each_reuse_their_checks(monkeypatch):
+    checks = []
+    original = optimizer.checked_arrays
+    monkeypatch.setattr(optimizer, "checked_arrays",
+                        lambda *args, **kw: checks.append(args[1]) or original(*args, **kw))
+    opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused")
+    updaters = [mx.optimizer.get_updater(opt) for _ in range(2)]  # as gluon.Trainer makes them
+    arrays = [[[a.as_in_context(mx.cpu(k)) for a in seq] for seq in _arrays()] for k in range(2)]
+    indices = list(range(COUNT))
+    for _ in range(3):  # the contexts take turns, as in Trainer.step
+        for updater, (weights, grads) in zip(updaters, arrays, strict=True):
+            updater(indices, grads, weights)
+    assert checks == indices * 2
+
+
 def test_unchanged_rates_reuse_their_attribute_strings():
     opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused")
     updater = mx.optimizer.get_updater(opt)

@@ -182,7 +182,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
-        self._checked_calls: dict = {}  # indices of a list call -> (key, its Checked, states)
+        self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         # (index, device id) -> where the lazy weight decay of row_sparse updates stands
@@ -321,7 +321,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
                                    self._name, **check_options)]
         key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
                tuple(sorted(check_options.items())))
-        known = self._checked_calls.get(key[0])
+        slot = (key[0], weights[0].context)  # a Trainer's updater per context calls in turn
+        known = self._checked_calls.get(slot)
         if known is not None and known[0] == key:
             return known[1]
         checked = [checked_arrays(self._checked, *args, self._name, **check_options)
@@ -330,7 +331,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
             if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
                 self._checked_calls.clear()
-            self._checked_calls[key[0]] = (key, checked, list(states))
+            self._checked_calls[slot] = (key, checked, list(states))
         return checked
 
     @property
