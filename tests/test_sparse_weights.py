@@ -140,6 +140,21 @@ def test_prepare_trainer_refuses_rowwise_for_dense_weights_on_the_servers():
         prepare_trainer(trainer, 10)  # before connecting: no job is running here
 
 
+@pytest.mark.parametrize("net", [
+    lambda: gluon.contrib.nn.SparseEmbedding(ROWS, DIM),
+    lambda: gluon.nn.Embedding(ROWS, DIM, sparse_grad=True),
+], ids=["sparse_weight", "sparse_grad"])
+def test_prepare_trainer_refuses_weight_decay_of_sparse_rows_on_the_servers(net):
+    # the servers' lazy update cannot decay the rows a step skips, and a server's error is
+    # only printed: refused up front, before connecting
+    block = net()
+    block.initialize()
+    trainer = gluon.Trainer(block.collect_params(), "adagrad_scratch",
+                            {"wd": 0.01, "weight_decay_mode": "decoupled"}, kvstore="dist_sync")
+    with pytest.raises(ValueError, match=r"have sparse rows and weight decay.*wd_mult=0"):
+        prepare_trainer(trainer, 10)
+
+
 def test_states_file_of_a_sparse_embedding_before_and_after_its_first_step(tmp_path):
     # before the first step the state was made from list_data(), which refuses a sparse weight
     net = gluon.contrib.nn.SparseEmbedding(ROWS, DIM)

@@ -213,6 +213,22 @@ def _check_rowwise_on_servers(trainer: gluon.Trainer) -> None:
             f"{', '.join(dense)} are dense (give them a trainer of their own, without rowwise)")
 
 
+def _check_decay_of_sparse_rows_on_servers(trainer: gluon.Trainer) -> None:
+    """``ValueError`` if the servers are to update a parameter with sparse rows (a sparse weight
+    or gradient) with weight decay: their lazy update leaves the decay of the rows a step skips
+    pending, and nothing brings a server's rows up to date before the workers pull them (a
+    server would refuse, and MXNet would only print that error)."""
+    wd = _gluon.optimizer_of(trainer).wd
+    decayed = [p.name for p in _gluon.trainer_params(trainer)
+               if wd * p.wd_mult and _gluon.storage_types(p) != ("default", "default")]
+    if decayed:
+        raise ValueError(
+            f"trainer: {', '.join(decayed)} have sparse rows and weight decay (wd={wd} times "
+            f"wd_mult): on the servers their lazy update cannot apply the decay of the rows a "
+            f"step skips; set wd_mult=0 for them (or wd=0), or update on the workers "
+            f"(update_on_kvstore=False, dense weights with sparse gradients only)")
+
+
 def _step_batch_size(batch_size: int, num_workers: int, sync: bool) -> int:
     """What ``Trainer.step`` must get for a local batch of ``batch_size`` examples."""
     return batch_size * num_workers if sync else batch_size
@@ -330,6 +346,7 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
     if _updates_on_kvstore(trainer, kvstore_type):
         check_optimizer_for_servers(_gluon.optimizer_of(trainer))
         _check_rowwise_on_servers(trainer)
+        _check_decay_of_sparse_rows_on_servers(trainer)
     kvstore = _connect(trainer)
     _gluon.optimizer_of(trainer).rescale_grad = _gluon.gradient_scale(trainer) / _step_batch_size(
         batch_size, kvstore.num_workers, "async" not in kvstore_type)
