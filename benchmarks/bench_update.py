@@ -41,6 +41,7 @@ import os
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
             best = side_by_side(regime, cases, chosen, args.repeats, args.seconds)
             tables.append(side_by_side_table(regime, cases, best, baseline))
     if args.readme:
-        command = "python benchmarks/bench_update.py --readme"
+        command = shlex.join(["python", "benchmarks/bench_update.py",
+                              *(sys.argv[1:] if argv is None else argv)])
         write_section("benchmarks/bench_update.py", "\n\n".join(
             [*tables, provenance(command, threads)]), args.readme)
         print(f"\nwrote the tables into {args.readme}")

@@ -194,7 +194,7 @@ def to_fbgemm_optimizer_states(trainer: gluon.Trainer, tables=None) -> list[list
     layout of FBGEMM's ``split_optimizer_states()`` for ``EXACT_ROWWISE_ADAGRAD``: one
     ``[momentum1]`` per table, a float32 array of shape ``(rows,)``. Copy each into the
     FBGEMM module's state (``split_optimizer_states()[t][0].copy_(torch.from_numpy(a))``)."""
-    optimizer, order = _rowwise_tables(trainer, tables)
+    _, order = _rowwise_tables(trainer, tables)
     _, states = collect_states(trainer)
     return [[states[index][1].asnumpy().astype(np.float32)] for index in order]
 
