@@ -324,3 +324,15 @@ def test_nonfinite_skip_and_raise_work_row_wise(kernel):
             0, w, bad, state)
     skip.update(0, w, nd.ones((3, 4)), state)
     np.testing.assert_array_equal(state.asnumpy(), 1.0)
+
+
+def test_turning_rowwise_on_after_the_states_exist_is_refused_not_skipped():
+    # the per-parameter check cache must not let elementwise accumulators through as row-wise
+    opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1)
+    updater = mx.optimizer.get_updater(opt)
+    weight, grad = nd.ones((4, 3)), nd.ones((4, 3))
+    updater(0, grad, weight)
+    opt.rowwise = True
+    with pytest.raises(ValueError, match=r"parameter 0: accumulator .* shape \(4, 3\) should be "
+                                         r"\(4,\)"):
+        updater(0, grad, weight)

@@ -41,16 +41,17 @@ def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, sta
                    name_of: Callable[[object], str], *, rowwise: bool = False) -> Checked:
     """Check one parameter's arrays (``state``: the accumulator, or ``(master, accumulator)``)
     and return them as a :class:`Checked`. The checks run again only when the arrays are other
-    objects than those ``cache`` holds for ``index`` (an NDArray's shape, dtype and storage
-    type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
+    objects than those ``cache`` holds for ``(index, rowwise)`` (an NDArray's shape, dtype and
+    storage type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
     every step, so they are checked every time. ``name_of(index)`` names it in messages;
     ``rowwise``: the accumulator is ``(rows,)`` (see :func:`accumulator_shape`)."""
     master, acc = split_state(state)
-    known = cache.get(index)
+    known = cache.get((index, rowwise))  # rowwise changes what the accumulator's shape must be
     if known is None or not (known.weight is weight and known.grad is grad
                              and known.acc is acc and known.master is master):
         check_arrays(name_of(index), weight, grad, acc, master, rowwise=rowwise)
-        known = cache[index] = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
+        known = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
+        cache[(index, rowwise)] = known
     if known.row_sparse:
         check_rows(name_of(index), grad, weight)
     return known

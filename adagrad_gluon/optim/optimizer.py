@@ -181,7 +181,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
-        self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+        self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
         self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
