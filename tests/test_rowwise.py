@@ -336,3 +336,12 @@ def test_turning_rowwise_on_after_the_states_exist_is_refused_not_skipped():
     with pytest.raises(ValueError, match=r"parameter 0: accumulator .* shape \(4, 3\) should be "
                                          r"\(4,\)"):
         updater(0, grad, weight)
+
+
+def test_groupadagrad_refuses_weight_decay_set_after_creation():
+    opt = mx.optimizer.create("adagrad_scratch", compat="groupadagrad", learning_rate=0.1)
+    opt.wd = 0.01
+    weight = nd.ones((4, 3))
+    with pytest.raises(ValueError, match="compat='groupadagrad' has no weight decay"):
+        mx.optimizer.get_updater(opt)(0, nd.ones((4, 3)), weight)
+    np.testing.assert_array_equal(weight.asnumpy(), np.ones((4, 3)))

@@ -170,9 +170,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
                           lr_decay=lr_decay, weight_decay_mode=weight_decay_mode,
                           maximize=maximize, rescale_grad=kwargs["rescale_grad"],
                           clip_gradient=kwargs.get("clip_gradient"), rowwise=rowwise)
-        if compat in NO_WEIGHT_DECAY_PRESETS and kwargs["wd"]:
-            raise ValueError(f"compat={compat!r} has no weight decay (the framework refuses "
-                             f"it): wd must be 0, got {kwargs['wd']!r}")
+        _check_no_decay(compat, kwargs["wd"])
         super().__init__(**kwargs)
         self.compat = compat
         vars(self).update(dataclasses.asdict(options))
@@ -296,6 +294,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         options = self.options
         checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
         wds = _each(flush_subnormal, self._get_wds(index))
+        _check_no_decay(self.compat, max(wds))  # wd may have been set since __init__
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
@@ -384,6 +383,13 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _check_no_decay(compat: str, wd: float) -> None:
+    """A preset whose framework refuses weight decay (``groupadagrad``) needs ``wd == 0``."""
+    if compat in NO_WEIGHT_DECAY_PRESETS and wd:
+        raise ValueError(f"compat={compat!r} has no weight decay (the framework refuses it): "
+                         f"wd must be 0, got {wd!r}")
 
 
 def _each(function, values: list) -> list:
