@@ -76,7 +76,7 @@ def has_sparse_parameters(trainer: gluon.Trainer) -> bool:
 def has_sparse_weight(param: gluon.Parameter) -> bool:
     """Whether ``param``'s weight is sparse (``stype='row_sparse'``): a kvstore holds and
     updates it, and ``param.list_data()`` refuses it."""
-    return param._stype != "default"
+    return storage_types(param)[0] != "default"
 
 
 def gradient_scale(trainer: gluon.Trainer) -> float:

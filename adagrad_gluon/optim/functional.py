@@ -82,6 +82,14 @@ def denominator(acc, eps: float, eps_placement: str = "inside"):
     return sqrt(acc + eps) if eps_placement == "inside" else sqrt(acc) + eps
 
 
+def _update_denominator(state: nd.NDArray, eps: float, eps_placement: str) -> nd.NDArray:
+    """:func:`denominator` as the update divides by it: with ``eps == 0`` a zero denominator is
+    replaced by 1. It is 0 only where ``s == 0``, so ``g * g == 0`` there: ``g`` is 0 (or so
+    small that its square underflows), and the update is 0 (or negligible), never 0/0."""
+    denom = denominator(state, eps, eps_placement)
+    return denom + (denom == 0) if eps == 0 else denom
+
+
 def adagrad_update(
     weight: nd.NDArray,
     grad: nd.NDArray,
@@ -106,12 +114,7 @@ def adagrad_update(
                           clip_gradient=clip_gradient, weight_decay_mode=weight_decay_mode,
                           maximize=maximize)
     state += nd.square(g)  # in place (``state[:] +=`` is the same op, plus a self-copy)
-    denom = denominator(state, eps, eps_placement)
-    if eps == 0:
-        # denom == 0 only where s == 0, so g * g == 0 there: g is 0 (or so small that its
-        # square underflows); dividing it by 1 makes the update 0 (or negligible), never 0/0.
-        denom = denom + (denom == 0)
-    div = g / denom
+    div = g / _update_denominator(state, eps, eps_placement)
     if weight_decay_mode == "step" and wd:
         weight += (div + weight * wd) * -lr
     elif weight_decay_mode == "decoupled" and wd:
@@ -202,9 +205,7 @@ def rowwise_adagrad_update(
                           clip_gradient=clip_gradient, weight_decay_mode=weight_decay_mode,
                           maximize=maximize)
     state += row_mean_square(g, compensated=compensated)
-    denom = denominator(state, eps, eps_placement)
-    if eps == 0:
-        denom = denom + (denom == 0)  # as in adagrad_update: never 0/0
+    denom = _update_denominator(state, eps, eps_placement)
     step = nd.broadcast_div(g * lr, denom.reshape((-1,) + (1,) * (g.ndim - 1)))
     if weight_decay_mode == "step" and wd:
         weight -= step + weight * wd * lr

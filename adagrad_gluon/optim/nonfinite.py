@@ -72,9 +72,7 @@ def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
     g = prepared_gradient(work, grad, wd=wd, rescale_grad=options.rescale_grad,
                           clip_gradient=options.clip_gradient,
                           weight_decay_mode=options.weight_decay_mode, maximize=options.maximize)
-    square = g * g
-    if options.rowwise and g.size:
-        square = row_mean_square(g)
+    square = row_mean_square(g) if options.rowwise and g.size else g * g
     if acc is not None:
         square = acc + square
     # x * 0 is 0 for finite x and NaN for NaN or infinity

@@ -183,7 +183,6 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
-        # (index, device id) -> where the lazy weight decay of row_sparse updates stands
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
 
     @property
