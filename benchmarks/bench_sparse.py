@@ -10,7 +10,10 @@ the rows are not the same cache-hot ones every step. Methods (wd = 0, lr 0.01, e
 on its own copy of the table):
 
 * ``adagrad_scratch`` elementwise and row-wise (``rowwise=True``), fused kernels, through
-  ``mx.optimizer.get_updater`` as ``gluon.Trainer`` calls it, with a row_sparse gradient;
+  ``mx.optimizer.get_updater`` as ``gluon.Trainer`` calls it, with a row_sparse gradient whose
+  rows only the kernel checks (``host_row_check=False``: what ``gluon.Trainer`` does with a
+  parameter's own gradient); the elementwise one also with the rows checked on the host first
+  (``host_row_check=True``: the default for arrays handed to ``update``, one host sync);
 * MXNet's built-in ``adagrad`` (its sparse update) and ``contrib.GroupAdaGrad`` (row-wise),
   the same way;
 * ``torch.optim.Adagrad`` with the gradient as ``nn.Embedding(sparse=True)`` makes it (an
@@ -73,6 +76,7 @@ LR, EPS = 0.01, 1e-6
 BOUND_SOURCE = Path(__file__).resolve().parent / "gather_bound.cc"
 ELEMENTWISE, ROWWISE = "elementwise", "row-wise"
 FUSED = "adagrad_scratch fused"
+FUSED_HOST = "adagrad_scratch fused, host row check"
 FUSED_ROWWISE = "adagrad_scratch fused rowwise=True"
 OPERATOR = "adagrad_scratch operator alone"
 BUILTIN = "mxnet adagrad (built-in, sparse)"
@@ -82,7 +86,8 @@ FBGEMM = "fbgemm EXACT_ROWWISE_ADAGRAD (bwd)"
 FBGEMM_FWD, FBGEMM_BOTH = "fbgemm TBE forward only", "fbgemm TBE forward+backward"
 BOUNDS = {ELEMENTWISE: "gather bound elementwise", ROWWISE: "gather bound row-wise"}
 # the traffic (and bound) each method is measured against
-KIND = {**dict.fromkeys((FUSED, OPERATOR, BUILTIN, TORCH, BOUNDS[ELEMENTWISE]), ELEMENTWISE),
+KIND = {**dict.fromkeys((FUSED, FUSED_HOST, OPERATOR, BUILTIN, TORCH, BOUNDS[ELEMENTWISE]),
+                        ELEMENTWISE),
         **dict.fromkeys((FUSED_ROWWISE, GROUP, FBGEMM, FBGEMM_FWD, FBGEMM_BOTH, BOUNDS[ROWWISE]),
                         ROWWISE)}
 
@@ -140,7 +145,7 @@ def mxnet_step(case: Case, optimizer: mx.optimizer.Optimizer) -> Step:
 
 def fused_operator(case: Case) -> Step:
     """The fused row_sparse operator alone (``kernels.fused_steps``), without the optimizer's
-    per-call work: its checks (a host sync of the rows), update counts and learning rates."""
+    per-call work: its array checks, update counts and learning rates."""
     weight, acc = nd.array(case.weight), nd.zeros(case.weight.shape)
     grad, options = cycling(row_sparse_grads(case)), AdagradOptions(eps=EPS)
 
@@ -252,10 +257,12 @@ def load_bounds(directory: str) -> dict[str, Callable]:
 
 def methods(threads: int, notes: list[str]) -> dict[str, Callable[[Case], Step]]:
     """Every method that can run here; what cannot is said in ``notes``."""
-    chosen = {FUSED: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS),
+    fused = {"kernel": "fused", "eps": EPS}
+    chosen = {FUSED: mxnet_method("adagrad_scratch", **fused, host_row_check=False),
+              FUSED_HOST: mxnet_method("adagrad_scratch", **fused, host_row_check=True),
               OPERATOR: fused_operator,
-              FUSED_ROWWISE: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS,
-                                          rowwise=True)}
+              FUSED_ROWWISE: mxnet_method("adagrad_scratch", **fused, rowwise=True,
+                                          host_row_check=False)}
     chosen[BUILTIN] = mxnet_method("adagrad", eps=EPS)
     chosen[GROUP] = lambda case: mxnet_step(case, mx.optimizer.contrib.GroupAdaGrad(
         learning_rate=LR, eps=EPS))

@@ -72,8 +72,9 @@ def test_a_small_run_reports_every_method_and_the_targets(capsys, tmp_path):
     bench_sparse.main(["--table", "2000", "--rows", "300", "--width", "16", "--repeats", "1",
                        "--batches", "2", "--seconds", "0.01", "--readme", str(readme)])
     out = capsys.readouterr().out
-    for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN,
-                 bench_sparse.GROUP, bench_sparse.FUSED_ROWWISE, *bench_sparse.BOUNDS.values()):
+    for name in (bench_sparse.FUSED, bench_sparse.FUSED_HOST, bench_sparse.OPERATOR,
+                 bench_sparse.BUILTIN, bench_sparse.GROUP, bench_sparse.FUSED_ROWWISE,
+                 *bench_sparse.BOUNDS.values()):
         assert f"  {name} " in out
         assert f"| {name} |" in readme.read_text()
     assert "targets:" in out and "fraction of the elementwise bound" in out

@@ -250,7 +250,7 @@ def test_row_sparse_update_without_rows_changes_nothing():
 def test_row_sparse_rows_out_of_order_or_range_are_refused(rows):
     """MXNet does not check a row_sparse array's indices; the kernel does, before writing."""
     w, s = nd.ones((5, 4)), nd.zeros((5, 4))
-    with pytest.raises(mx.base.MXNetError, match="row indices must be increasing"):
+    with pytest.raises(mx.base.MXNetError, match="row indices must be strictly increasing"):
         kernels.fused_steps([Step(w, _row_sparse(rows, 4, 5, np.float32), s, None, 0.1, 0.0,
                                   True)], AdagradOptions())
         nd.waitall()

@@ -76,8 +76,8 @@ def test_the_kernel_refuses_bad_rows_before_writing(rows):
     """Unsorted, duplicate, out of range, negative: the operator itself refuses them (for
     callers that bypass the optimizer's checks), and writes nothing."""
     w, s = nd.ones((5, 4)), nd.zeros((5, 4))
-    with pytest.raises(mx.base.MXNetError, match="row indices must be increasing and within "
-                                                 r"\[0, 5\)"):
+    with pytest.raises(mx.base.MXNetError, match=r"row indices must be strictly increasing "
+                                                 r"\(sorted, no repeats\) and within \[0, 5\)"):
         kernels.fused_steps([Step(w, _grad(rows, 4, 5, np.float32, 0), s, None, 0.1, 0.0,
                                   True)], AdagradOptions())
         nd.waitall()

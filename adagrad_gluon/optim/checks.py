@@ -42,9 +42,10 @@ def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, sta
     """Check one parameter's arrays (``state``: the accumulator, or ``(master, accumulator)``)
     and return them as a :class:`Checked`. The checks run again only when the arrays are other
     objects than those ``cache`` holds for ``(index, rowwise)`` (an NDArray's shape, dtype and
-    storage type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
-    every step, so they are checked every time. ``name_of(index)`` names it in messages;
-    ``rowwise``: the accumulator is ``(rows,)`` (see :func:`accumulator_shape`)."""
+    storage type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows
+    change every step: :func:`check_rows` is the caller's (it costs a host sync).
+    ``name_of(index)`` names it in messages; ``rowwise``: the accumulator is ``(rows,)`` (see
+    :func:`accumulator_shape`)."""
     master, acc = split_state(state)
     known = cache.get((index, rowwise))  # rowwise changes what the accumulator's shape must be
     if known is None or not (known.weight is weight and known.grad is grad
@@ -52,8 +53,6 @@ def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, sta
         check_arrays(name_of(index), weight, grad, acc, master, rowwise=rowwise)
         known = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
         cache[(index, rowwise)] = known
-    if known.row_sparse:
-        check_rows(name_of(index), grad, weight)
     return known
 
 
@@ -163,8 +162,10 @@ def _check_state_array(name: str, what: str, array, dtype, shape, weight) -> Non
 
 
 def check_rows(name: str, grad: nd.NDArray, weight: nd.NDArray) -> None:
-    """A row_sparse gradient's rows must be strictly increasing and inside the weight (one
-    host sync; MXNet itself would apply duplicates once, or fail or hang out of range)."""
+    """A row_sparse gradient's rows must be strictly increasing and inside the weight (MXNet
+    itself would apply duplicates once, or fail or hang out of range). One host sync: reading
+    the rows waits for the engine to finish the work queued before (the gradient's backward
+    and, on MXNet's one CPU worker thread, every earlier operation)."""
     rows = grad.indices.asnumpy()
     if rows.size and (rows[0] < 0 or rows[-1] >= weight.shape[0]
                       or (rows[1:] <= rows[:-1]).any()):

@@ -568,12 +568,13 @@ bool parse_single(const Attrs& attrs, Layout* layout, Options* options, double* 
          && get_number(attrs, "lr", lr) && get_number(attrs, "wd", wd);
 }
 
-// A row_sparse gradient's rows, checked: increasing and within [0, num_rows).
+// A row_sparse gradient's rows, checked: strictly increasing and within [0, num_rows).
 bool check_rows(const MXSparse& grad, int64_t num_rows) {
   for (int64_t k = 0; k < grad.indices_len; ++k) {
     const int64_t row = grad.indices[k];
     if (row < 0 || row >= num_rows || (k > 0 && row <= grad.indices[k - 1])) {
-      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
+      MX_ERROR_MSG << "row_sparse gradient: row indices must be strictly increasing (sorted, "
+                   << "no repeats) and within [0, "
                    << num_rows << "); index " << k << " is " << row;
       return false;
     }
