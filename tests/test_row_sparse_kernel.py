@@ -29,7 +29,7 @@ def _run(update, shape, dtype, batches, options, multi_precision=False):
     """Weight, accumulator (and master) after ``update`` of the row sets ``batches``."""
     weight = nd.array(np.random.default_rng(7).normal(size=shape).astype(dtype), dtype=dtype)
     acc_dtype = np.float64 if dtype == np.float64 else np.float32
-    acc = nd.zeros(shape, dtype=acc_dtype)
+    acc = nd.zeros(shape[:1] if options.rowwise else shape, dtype=acc_dtype)
     master = weight.astype(np.float32) if multi_precision else None
     for t, rows in enumerate(batches):
         grad = _grad(rows, shape[1], shape[0], dtype, seed=t)
@@ -38,18 +38,20 @@ def _run(update, shape, dtype, batches, options, multi_precision=False):
     return [a.asnumpy() for a in arrays]
 
 
+@pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(("dtype", "multi_precision"),
                          [(np.float32, False), (np.float64, False), (np.float16, True),
                           (np.float16, False)])
 def test_many_rows_in_parallel_are_bit_identical_to_the_reference(dtype, multi_precision,
-                                                                  threads):
+                                                                  threads, rowwise):
     """2500 rows of 64 (over the parallel threshold), power-law-ish clustered and scattered,
-    each step a new set: every row updated exactly once per step, in any thread."""
+    each step a new set: every row updated exactly once per step, in any thread; row-wise,
+    blocks of 16 rows summed side by side and a last partial block."""
     rng = np.random.default_rng(3)
     batches = [np.unique(np.concatenate([np.arange(0, 2000, 2), rng.choice(20000, 1500)]))
                for _ in range(3)]
-    options = AdagradOptions(weight_decay_mode="decoupled", clip_gradient=2.0)
+    options = AdagradOptions(weight_decay_mode="decoupled", clip_gradient=2.0, rowwise=rowwise)
     previous = kernels.num_threads()
     kernels.set_num_threads(threads)
     try:

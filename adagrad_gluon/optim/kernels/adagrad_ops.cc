@@ -48,6 +48,9 @@
 // back to float16 (round to nearest even, as MXNet's cast), from the master weight if given.
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -686,8 +689,12 @@ inline A weight_at(const W* w, const A* m, int64_t j) {
 }
 
 // Rows whose sums of squares are computed side by side: each row's sum still runs left to
-// right, in its own order, but the independent dependency chains of kRowBlock rows overlap.
-constexpr int64_t kRowBlock = 8;
+// right, in its own order, but the independent dependency chains of kRowBlock rows overlap
+// (with AVX-512, as the 16 lanes of one vector).
+constexpr int64_t kRowBlock = 16;
+// Rows ahead of the one being updated whose weight (and master) row and accumulator are
+// prefetched: a block and a half, so they arrive before the block that needs them starts.
+constexpr int64_t kRowwisePrefetch = 24;
 
 template <typename W, typename A, bool kMaster>
 struct RowView {
@@ -708,6 +715,53 @@ inline RowView<W, A, kMaster> row_view(const RowTask& task, int64_t k) {
 
 // Columns per tile of row_sums: the squares of kRowBlock rows of a tile fit in L1.
 constexpr int64_t kSumTile = 128;
+
+#if defined(__AVX512F__)
+// Columns c0..c0+15 of 16 rows of `squares` (row stride kSumTile), transposed: out[c] holds
+// column c0 + c, lane r the element of row r.
+inline void transpose16(const float (*squares)[kSumTile], int64_t c0, __m512* out) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = _mm512_loadu_ps(squares[2 * i] + c0);
+    const __m512 b = _mm512_loadu_ps(squares[2 * i + 1] + c0);
+    t[2 * i] = _mm512_unpacklo_ps(a, b);
+    t[2 * i + 1] = _mm512_unpackhi_ps(a, b);
+  }
+  // u[4i + k], 128-bit lane L: column 4L + k of rows 4i .. 4i + 3
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512 y0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x44);
+    const __m512 y1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xEE);
+    const __m512 y2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x44);
+    const __m512 y3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xEE);
+    out[k] = _mm512_shuffle_f32x4(y0, y2, 0x88);
+    out[4 + k] = _mm512_shuffle_f32x4(y0, y2, 0xDD);
+    out[8 + k] = _mm512_shuffle_f32x4(y1, y3, 0x88);
+    out[12 + k] = _mm512_shuffle_f32x4(y1, y3, 0xDD);
+  }
+}
+
+// The plain sums of 16 rows' squares (a tile of len columns) added to sums, each row's left
+// to right as the scalar loop adds them: lane r of one vector is row r's running sum.
+inline void add_columns16(const float (*squares)[kSumTile], int64_t len, float* sums) {
+  __m512 sum = _mm512_loadu_ps(sums);
+  __m512 columns[16];
+  int64_t j = 0;
+  for (; j + 16 <= len; j += 16) {
+    transpose16(squares, j, columns);
+    for (int c = 0; c < 16; ++c) sum = _mm512_add_ps(sum, columns[c]);
+  }
+  _mm512_storeu_ps(sums, sum);
+  for (; j < len; ++j) {
+    for (int64_t r = 0; r < 16; ++r) sums[r] = sums[r] + squares[r][j];
+  }
+}
+#endif
 
 // The sums of the squared prepared gradients of rows[0..count) (count <= kRowBlock), each
 // left to right; kKahan: compensated (a dense gradient, as nd.mean) or plain (row_sparse, as
@@ -732,6 +786,14 @@ inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t 
         out[j] = x * x;
       }
     }
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<A, float> && !kKahan) {
+      if (count == 16) {
+        add_columns16(squares, len, sums);
+        continue;
+      }
+    }
+#endif
     for (int64_t j = 0; j < len; ++j) {
       for (int64_t r = 0; r < count; ++r) {
         const A square = squares[r][j];
@@ -799,9 +861,6 @@ void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t first = b * kRowBlock;
     const int64_t size = std::min(kRowBlock, count - first);
-    for (int64_t k = first + kRowBlock; k < std::min(count, first + 2 * kRowBlock); ++k) {
-      prefetch_task_row<W, A, kMaster>(task, k);
-    }
     RowView<W, A, kMaster> rows[kRowBlock];
     A sums[kRowBlock];
     for (int64_t r = 0; r < size; ++r) rows[r] = row_view<W, A, kMaster>(task, first + r);
@@ -811,6 +870,9 @@ void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
       row_sums<W, A, kMaster, kDecay, kKahan>(rows, size, n, c, sums);
     }
     for (int64_t r = 0; r < size; ++r) {
+      if (first + r + kRowwisePrefetch < count) {
+        prefetch_task_row<W, A, kMaster>(task, first + r + kRowwisePrefetch);
+      }
       row_step<W, A, kMaster, kDecay, kPlace>(rows[r], n, c, sums[r]);
     }
   }
