@@ -16,12 +16,14 @@ from adagrad_gluon.distributed.checkpoint import read_states
 ROWS, DIM = 50, 4
 
 
-def train_table(sparse_weight: bool, kernel: str, steps: int = 6, **options) -> np.ndarray:
-    """The table after ``steps`` updates: a ``SparseEmbedding`` (a row_sparse weight in the
-    local kvstore) or an ``Embedding(sparse_grad=True)`` (a dense weight)."""
+def train_table(sparse_weight: bool, kernel: str, steps: int = 6, dim: int = DIM,
+                **options) -> np.ndarray:
+    """The table (``ROWS`` x ``dim``) after ``steps`` updates: a ``SparseEmbedding`` (a
+    row_sparse weight in the local kvstore) or an ``Embedding(sparse_grad=True)`` (a dense
+    weight)."""
     mx.random.seed(0)
-    net = (gluon.contrib.nn.SparseEmbedding(ROWS, DIM) if sparse_weight
-           else gluon.nn.Embedding(ROWS, DIM, sparse_grad=True))
+    net = (gluon.contrib.nn.SparseEmbedding(ROWS, dim) if sparse_weight
+           else gluon.nn.Embedding(ROWS, dim, sparse_grad=True))
     net.initialize(mx.init.Normal(1.0))
     trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch",
                             {"learning_rate": 0.1, "kernel": kernel, **options})
@@ -43,6 +45,18 @@ def test_sparse_embedding_table_matches_the_dense_weight_bit_for_bit(kernel):
     np.testing.assert_array_equal(sparse, dense)
     initial = train_table(True, kernel, steps=0)
     np.testing.assert_array_equal(sparse[ROWS // 2:], initial[ROWS // 2:])
+    assert (sparse[: ROWS // 2] != initial[: ROWS // 2]).any(axis=1).sum() > 5
+
+
+@pytest.mark.parametrize("kernel", ["fused", "reference"])
+def test_rowwise_sparse_embedding_table_matches_the_dense_weight_bit_for_bit(kernel):
+    """Row-wise, the kvstore's table sums each row's squares as the row_sparse update of a
+    dense weight does (plainly, as GroupAdaGrad), not with the dense gradient's compensation:
+    rows of 300, gradients scaled by 1e3, where the two roundings differ (this failed before)."""
+    options = {"rowwise": True, "rescale_grad": 1e3}
+    sparse = train_table(True, kernel, dim=300, **options)
+    np.testing.assert_array_equal(sparse, train_table(False, kernel, dim=300, **options))
+    initial = train_table(True, kernel, steps=0, dim=300)
     assert (sparse[: ROWS // 2] != initial[: ROWS // 2]).any(axis=1).sum() > 5
 
 

@@ -21,8 +21,9 @@ __all__ = ["is_row_sparse", "set_rows", "update_kvstore_row_sparse"]
 def update_kvstore_row_sparse(optimizer, index: int, weight: nd.NDArray, grad: nd.NDArray,
                           state: State) -> None:
     """``optimizer``'s update of a kvstore's ``row_sparse`` weight (see the module): the
-    gradient's rows of the weight and accumulator are gathered, updated as dense rows by
-    ``optimizer.update_multi_precision`` and written back."""
+    gradient's rows of the weight and accumulator are gathered, updated by
+    ``optimizer.update_multi_precision`` with the gradient as a ``row_sparse`` one of those
+    rows (so row-wise sums round as for ``Embedding(sparse_grad=True)``), and written back."""
     name = optimizer._name(index)
     master, acc = split_state(state)
     check_kvstore_row_sparse(name, weight, grad, acc, master)
@@ -38,7 +39,10 @@ def update_kvstore_row_sparse(optimizer, index: int, weight: nd.NDArray, grad: n
         optimizer._update_count(index)
         return
     rows_weight, rows_acc = nd.sparse.retain(weight, rows).data, nd.take(acc, rows)
-    optimizer.update_multi_precision(index, rows_weight, grad.data, rows_acc)
+    count = rows.shape[0]
+    local = nd.sparse.row_sparse_array((grad.data, nd.arange(count, dtype=rows.dtype)),
+                                       shape=rows_weight.shape)
+    optimizer.update_multi_precision(index, rows_weight, local, rows_acc)
     acc[rows] = rows_acc
     set_rows(weight, rows, rows_weight)
 
