@@ -121,6 +121,24 @@ def test_server_update_refuses_bad_input(make_grad, options, error, match):
     np.testing.assert_array_equal(weight.asnumpy(), start)
 
 
+@pytest.mark.parametrize("acc, options, error, match", [
+    (lambda: nd.zeros((ROWS, DIM)), {"rowwise": True}, ValueError,
+     r"accumulator \(optimizer state\) shape \(50, 4\) should be \(50,\)"),
+    (lambda: nd.zeros((ROWS, DIM + 1)), {}, ValueError, r"shape \(50, 5\) should be \(50, 4\)"),
+    (lambda: nd.zeros((ROWS, DIM), dtype=np.float64), {}, TypeError,
+     "dtype float64 should be float32"),
+    (lambda: nd.sparse.zeros("row_sparse", (ROWS, DIM)), {}, TypeError,
+     "must be a dense NDArray, got a row_sparse one"),
+], ids=["rowwise_of_elementwise", "width", "dtype", "sparse"])
+def test_server_update_refuses_a_mismatched_accumulator(acc, options, error, match):
+    """The accumulator is checked whole before anything is gathered (only its rows were)."""
+    start = np.ones((ROWS, DIM), np.float32)
+    weight = shard(start)
+    with pytest.raises(error, match=match):
+        AdagradScratch(**options).update(0, weight, row_sparse(np.ones((1, DIM)), [3]), acc())
+    np.testing.assert_array_equal(weight.asnumpy(), start)
+
+
 def test_row_sparse_weight_without_every_row_is_refused():
     partial = row_sparse(np.ones((2, DIM)), [0, 1])
     optimizer = AdagradScratch(learning_rate=0.1)

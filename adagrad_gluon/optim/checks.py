@@ -71,14 +71,15 @@ def check_dense_weight(name: str, weight) -> None:
                         f"got {weight.dtype}")
 
 
-def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master) -> None:
+def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master, *,
+                             rowwise: bool = False) -> None:
     """Refuse arrays a kvstore's update of a ``row_sparse`` weight cannot have.
 
     A kvstore (a parameter server, or the local one of ``gluon.Trainer``) keeps the weight of a
     ``Parameter(stype='row_sparse')`` as a float32/64 ``row_sparse`` NDArray holding every row
     (on a server: every row of its shard) and hands the optimizer ``row_sparse`` gradients of
-    that shape. The accumulator is dense (a master weight is refused: the servers keep float32
-    weights)."""
+    that shape. The accumulator is dense, of :func:`accumulator_shape` (a master weight is
+    refused: the servers keep float32 weights)."""
     if weight.dtype not in (np.float32, np.float64):
         raise TypeError(f"parameter {name}: a row_sparse weight must be float32 or float64, "
                         f"got {np.dtype(weight.dtype).name}")
@@ -92,12 +93,11 @@ def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master) -
         raise TypeError(f"parameter {name}: a row_sparse weight has no master weight")
     check_gradient_matches(name, weight, grad)
     check_rows(name, grad, weight)
-    if not (isinstance(acc, nd.NDArray) and acc.stype == "default"
-            and acc.shape[:1] == weight.shape[:1]):
-        raise ValueError(f"parameter {name}: the accumulator (optimizer state) must be a dense "
-                         f"NDArray with the weight's {weight.shape[0]} rows, got "
-                         f"{getattr(acc, 'stype', type(acc).__name__)} of shape "
-                         f"{getattr(acc, 'shape', None)}")
+    if isinstance(acc, nd.NDArray) and acc.stype != "default":
+        raise TypeError(f"parameter {name}: the accumulator (optimizer state) must be a dense "
+                        f"NDArray, got a {acc.stype} one")
+    _check_state_array(name, "accumulator", acc, accumulator_dtype(weight.dtype),
+                       accumulator_shape(name, weight.shape, rowwise), weight)
 
 
 def check_storage(name: str, weight, grad) -> None:

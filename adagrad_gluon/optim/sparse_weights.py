@@ -26,7 +26,7 @@ def update_kvstore_row_sparse(optimizer, index: int, weight: nd.NDArray, grad: n
     rows (so row-wise sums round as for ``Embedding(sparse_grad=True)``), and written back."""
     name = optimizer._name(index)
     master, acc = split_state(state)
-    check_kvstore_row_sparse(name, weight, grad, acc, master)
+    check_kvstore_row_sparse(name, weight, grad, acc, master, rowwise=optimizer.rowwise)
     wd = flush_subnormal(optimizer._get_wds([index])[0])
     if wd:
         raise ValueError(
