@@ -11,6 +11,7 @@ from mxnet import nd
 
 import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels, optimizer
+from adagrad_gluon.optim.kernels import invoke
 
 COUNT, SIZE = 6, 5
 
@@ -104,3 +105,57 @@ def test_cached_rate_strings_keep_every_bit():
     assert joined(0.0, 0.1) == "0.0,0.1"
     assert joined(-0.0, 0.1) == "-0.0,0.1"
     assert joined(1e-300, 1 / 3) == f"{1e-300!r},{1 / 3!r}"
+
+
+def test_per_key_calls_reuse_their_encoded_attributes(monkeypatch):
+    """A parameter server's per-key calls go to the operator through the lean invoke, with the
+    attribute arrays encoded once: the same key and value arrays for every key whose rates are
+    the same, new values only when a rate changes."""
+    calls = []
+    original = invoke.Operator.invoke
+
+    def spy(self, *args):
+        calls.append((self.name, *args))
+        original(self, *args)
+
+    monkeypatch.setattr(invoke.Operator, "invoke", spy)
+    opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused",
+                              param_idx2name={i: f"p{i}" for i in range(COUNT)})
+    opt.set_lr_mult({f"p{COUNT - 1}": 0.5})
+    opt.aggregate_num = 0
+    updater = mx.optimizer.get_updater(opt)
+    weights, grads = _arrays()
+    for _ in range(2):
+        for i in range(COUNT):
+            updater(i, grads[i], weights[i])
+    assert [name for name, *_ in calls] == ["adagrad_gluon_update"] * 2 * COUNT
+    keys, values = {id(call[3]) for call in calls}, [call[4] for call in calls]
+    assert len(keys) == 1
+    assert all(v is values[0] for v in values[:COUNT - 1] + values[COUNT:-1])
+    assert values[COUNT - 1] is values[-1] is not values[0]  # its own lr_mult
+    assert [s.decode() for s in values[-1]] == [repr(0.05), "0.0"]
+
+
+def test_attribute_values_are_exact_and_their_cache_is_bounded():
+    attributes = invoke.Attributes({"eps": "0.0", "maximize": "1"})
+    assert attributes.count == 4
+    assert [s.decode() for s in attributes.keys] == ["lr", "wd", "eps", "maximize"]
+    assert [s.decode() for s in attributes.values(1 / 3, -0.0)] == [repr(1 / 3), "-0.0", "0.0",
+                                                                  "1"]
+    assert [s.decode() for s in attributes.values(1 / 3, 0.0)][1] == "0.0"
+    first = attributes.values(0.1, 0.0)
+    assert attributes.values(0.1, 0.0) is first
+    for k in range(invoke._MAX_RATES):
+        attributes.values(k + 1.0, 0.0)
+    assert len(attributes._values) <= invoke._MAX_RATES
+
+
+def test_the_lean_invoke_raises_the_operators_errors():
+    operator = invoke.Operator("adagrad_gluon_update")
+    weight, acc = nd.ones(4), nd.zeros(4)
+    with pytest.raises(mx.base.MXNetError, match="grad shape does not match"):
+        operator(weight, nd.ones(5), acc, lr="0.1", wd="0.0")
+    with pytest.raises(mx.base.MXNetError, match="no_such_operator is not registered"):
+        invoke.Operator("no_such_operator")
+    operator(weight, nd.ones(4), acc, lr="0.5", wd="0.0")
+    np.testing.assert_allclose(weight.asnumpy(), 1 - 0.5 / np.sqrt(1 + 1e-6), rtol=1e-6)

@@ -9,6 +9,7 @@ checks (:mod:`.checks`) and the non-finite policy (:mod:`.nonfinite`).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 
 import mxnet as mx
@@ -45,6 +46,7 @@ REGISTERED_NAME = "adagrad_scratch"
 # every field of AdagradOptions is an attribute of the optimizer too (rescale_grad and
 # clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
+_option_values = operator.attrgetter(*OPTION_FIELDS)  # one tuple of them, in one C call
 
 
 class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
@@ -189,7 +191,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     def options(self) -> AdagradOptions:
         """The update's numerics, from the attributes as they are now (``gluon.Trainer`` sets
         ``rescale_grad`` every step; an attribute set to a bad value raises here, naming it)."""
-        values = tuple([getattr(self, name) for name in OPTION_FIELDS])
+        values = _option_values(self)
         if values != self._option_values:
             self._options, self._option_values = AdagradOptions(*values), values
         return self._options

@@ -53,6 +53,7 @@ from .build import (
     compiler,
     library_path,
 )
+from .invoke import Attributes, Operator, handles
 
 __all__ = ["AGGREGATE_NUM", "BUILD_TIMEOUT_SECONDS", "CXXFLAGS", "CXX_ENV", "KERNELS",
            "KERNEL_ENV", "LIBRARY_NAME", "NUM_THREADS_ENV", "SOURCE", "KernelFallbackWarning",
@@ -89,7 +90,7 @@ class _Library:
         self.error: KernelUnavailableError | None = None
         self.warned = False
         self.handle: ctypes.CDLL | None = None
-        self.ops: dict[str, object] = {}
+        self.ops: dict[str, Operator] = {}
 
 
 _library = _Library()
@@ -164,13 +165,13 @@ def load() -> Path:
         except KernelUnavailableError as exc:
             _library.error = exc
             raise
-        _library.ops = {name: getattr(nd, name) for name in _OPS}
+        _library.ops = {name: Operator(name) for name in _OPS}
         _library.path = path
         _set_threads(threads)
         return path
 
 
-def _op(name: str):
+def _op(name: str) -> Operator:
     if _library.path is None:
         load()
     return _library.ops[name]
@@ -243,6 +244,13 @@ def _attrs(options: AdagradOptions, multi_precision: bool) -> dict[str, str]:
     return {key: value for key, value in attrs.items() if _DEFAULT_ATTRS.get(key) != value}
 
 
+@functools.lru_cache(maxsize=64)
+def _single_attributes(options: AdagradOptions, multi_precision: bool) -> Attributes:
+    """:func:`_attrs` as the C arrays of a single-tensor call (``lr`` and ``wd`` added per
+    call, see :class:`~.invoke.Attributes`)."""
+    return Attributes(_attrs(options, multi_precision))
+
+
 def supports(weight: nd.NDArray, acc: nd.NDArray, master: nd.NDArray | None) -> bool:
     """Whether the kernels take these dtypes: a float32 or float16 weight with a float32
     accumulator (and float32 master), or float64 with float64: what ``AdagradScratch``
@@ -287,9 +295,12 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
 
 
 def _single_update(operator: str, step: Step, options: AdagradOptions) -> None:
-    """One tensor's update by ``operator``: weight, grad, acc[, master]."""
-    _op(operator)(*_arrays(step), lr=repr(float(step.lr)), wd=repr(float(step.wd)),
-                  **_attrs(options, step.master is not None))
+    """One tensor's update by ``operator``: weight, grad, acc[, master]. The attribute
+    arrays are cached (a parameter server makes one such call per key)."""
+    arrays = _arrays(step)
+    attributes = _single_attributes(options, step.master is not None)
+    _op(operator).invoke(handles(arrays), len(arrays), attributes.keys,
+                         attributes.values(step.lr, step.wd), attributes.count)
 
 
 def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool) -> None:
