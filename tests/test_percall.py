@@ -2,6 +2,7 @@
 the last identical one, that it is dropped when the arrays change, and that the results stay
 bit-identical to the reference update while rates change every step."""
 
+import pickle
 from array import array
 
 import mxnet as mx
@@ -159,3 +160,96 @@ def test_the_lean_invoke_raises_the_operators_errors():
         invoke.Operator("no_such_operator")
     operator(weight, nd.ones(4), acc, lr="0.5", wd="0.0")
     np.testing.assert_allclose(weight.asnumpy(), 1 - 0.5 / np.sqrt(1 + 1e-6), rtol=1e-6)
+
+
+def _per_key_updater(kernel: str = "fused", **options):
+    opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel=kernel, **options)
+    opt.aggregate_num = 0  # no lists: one call per key, as a parameter server makes them
+    return opt, mx.optimizer.get_updater(opt)
+
+
+def test_a_repeated_per_key_call_does_not_check_its_arrays_again(monkeypatch):
+    checks = []
+    original = optimizer.checked_arrays
+    monkeypatch.setattr(optimizer, "checked_arrays",
+                        lambda *args, **kw: checks.append(args[1]) or original(*args, **kw))
+    _, updater = _per_key_updater()
+    weights, grads = _arrays()
+    for _ in range(3):
+        for i in range(COUNT):
+            updater(i, grads[i], weights[i])
+    assert checks == list(range(COUNT))
+    updater.states[2] = nd.zeros(SIZE + 1)  # another object: checked again, and refused
+    with pytest.raises(ValueError, match="parameter 2: accumulator .* shape"):
+        updater(2, grads[2], weights[2])
+    other = nd.zeros(SIZE + 1)
+    with pytest.raises(ValueError, match="parameter 3: gradient shape"):
+        updater(3, other, weights[3])  # another gradient object: checked again
+    assert checks == [*range(COUNT), 2, 3]
+
+
+def test_per_key_calls_follow_every_change_of_options_and_arrays_bit_for_bit():
+    """Options changed between steps (as gluon.Trainer sets rescale_grad), a state replaced,
+    a gradient object replaced: the prepared per-key path gives the reference's weights."""
+    def run(kernel: str) -> list[np.ndarray]:
+        opt, updater = _per_key_updater(kernel, wd=0.01)
+        weights, grads = _arrays()
+        changes = [lambda: None, lambda: setattr(opt, "rescale_grad", 0.25),
+                   lambda: setattr(opt, "clip_gradient", 0.3),
+                   lambda: setattr(opt, "eps_placement", "outside"),
+                   lambda: setattr(opt, "maximize", True),
+                   lambda: updater.states.__setitem__(1, nd.ones(SIZE)),
+                   lambda: grads.__setitem__(4, grads[4] * 2),
+                   lambda: setattr(opt, "weight_decay_mode", "decoupled")]
+        for step, change in enumerate(changes):
+            change()
+            for grad, new in zip(grads, _arrays(seed=step + 1)[1], strict=True):
+                grad[:] = new
+            for i in range(COUNT):
+                updater(i, grads[i], weights[i])
+        return [w.asnumpy() for w in weights]
+
+    for fused, reference in zip(run("fused"), run("reference"), strict=True):
+        np.testing.assert_array_equal(fused, reference)
+
+
+def test_a_policy_set_after_per_key_calls_is_honoured():
+    opt, updater = _per_key_updater()
+    weights, grads = _arrays()
+    updater(0, grads[0], weights[0])
+    opt.nonfinite = "skip"
+    grads[0][:] = np.nan
+    before = weights[0].asnumpy()
+    updater(0, grads[0], weights[0])
+    np.testing.assert_array_equal(weights[0].asnumpy(), before)
+    assert opt.num_nonfinite_skipped == 1
+
+
+def test_weight_decay_set_after_per_key_calls_of_groupadagrad_is_refused():
+    opt, updater = _per_key_updater(compat="groupadagrad")  # row-wise: 2-D weights
+    weight, grad = nd.ones((3, SIZE)), nd.ones((3, SIZE))
+    updater(0, grad, weight)
+    updater(0, grad, weight)
+    opt.wd = 0.1
+    before = weight.asnumpy()
+    with pytest.raises(ValueError, match="groupadagrad.*wd must be 0"):
+        updater(0, grad, weight)
+    np.testing.assert_array_equal(weight.asnumpy(), before)
+
+
+def test_an_optimizer_after_per_key_calls_pickles_and_goes_on_alike():
+    opt, updater = _per_key_updater()
+    weights, grads = _arrays()
+    for i in range(COUNT):
+        updater(i, grads[i], weights[i])
+    restored = pickle.loads(pickle.dumps(opt))
+    copies = [w.copy() for w in weights]
+    other = mx.optimizer.get_updater(restored)
+    other.states = {i: s.copy() for i, s in updater.states.items()}
+    other.states_synced = dict.fromkeys(other.states, True)
+    for i in range(COUNT):
+        updater(i, grads[i], weights[i])
+        other(i, grads[i], copies[i])
+    for w, c in zip(weights, copies, strict=True):
+        np.testing.assert_array_equal(w.asnumpy(), c.asnumpy())
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import mxnet as mx
 import numpy as np
@@ -183,6 +184,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
         self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
+        self._prepared_keys: dict = {}  # index -> _PreparedKey (per-key calls, fused kernels)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
@@ -284,7 +286,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         them all in one multi-tensor call.
         """
         if not isinstance(index, (list, tuple)):
-            index, weight, grad, state = [index], [weight], [grad], [state]
+            self._update_key(index, weight, grad, state)
+            return
         if any(map(is_row_sparse, weight)):
             for args in zip(index, weight, grad, state, strict=True):
                 if is_row_sparse(args[1]):
@@ -308,6 +311,35 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
         lazy_decay.advance_all(pending)
+
+    def _update_key(self, index, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
+        """One parameter's update, called with no lists (as a parameter server calls it, once
+        per key). A call with the very arrays and the options of the key's last call runs the
+        fused update prepared then (:func:`~.kernels.prepare`), without checking the arrays
+        again (an NDArray's shape, dtype and storage type cannot change), unless a non-finite
+        policy or lazy weight decay needs the whole path; the rates are computed and counted
+        as that path does."""
+        known = self._prepared_keys.get(index)
+        if (known is not None and known.weight is weight and known.grad is grad
+                and known.state is state and known.options is self.options
+                and self.nonfinite == "propagate" and not self._row_decay):
+            wd = flush_subnormal(self._get_wds([index])[0])
+            _check_no_decay(self.compat, wd)
+            known.update(self._count_and_lrs([index])[0], wd)
+            return
+        self.update_multi_precision([index], [weight], [grad], [state])
+        self._prepared_keys[index] = self._prepared_key(weight, grad, state)
+
+    def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
+        """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
+        kernels, a row_sparse weight or gradient, or a list state (its items can change)."""
+        if self.kernel != "fused" or isinstance(state, list) \
+                or is_row_sparse(weight) or is_row_sparse(grad):
+            return None
+        master, acc = split_state(state)
+        options = self.options
+        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
+        return None if update is None else _PreparedKey(weight, grad, state, options, update)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -346,7 +378,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         one pass over them; otherwise, the scheduler's rate may change between two of them.
         """
         begin = self.begin_num_update
-        if len({self._index_update_count.get(i, begin) for i in indices}) > 1:
+        if len(indices) > 1 and len({self._index_update_count.get(i, begin)
+                                     for i in indices}) > 1:
             lrs = []
             for i in indices:
                 self._update_count(i)
@@ -362,7 +395,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values", "_checked_calls"):
+        for name in ("_steps", "_options", "_option_values", "_checked_calls",
+                     "_prepared_keys"):
             state.pop(name, None)
         return state
 
@@ -376,6 +410,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
         self._checked_calls = {}
+        self._prepared_keys = {}
         self._step_updated = set()
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
@@ -384,6 +419,16 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+class _PreparedKey(NamedTuple):
+    """A per-key call's arrays and options, and the fused update prepared for them."""
+
+    weight: nd.NDArray
+    grad: nd.NDArray
+    state: State
+    options: AdagradOptions
+    update: kernels.PreparedUpdate
 
 
 def _check_no_decay(compat: str, wd: float) -> None:
