@@ -8,9 +8,10 @@ from array import array
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import nd
+from mxnet import autograd, gluon, nd
 
-import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
+import adagrad_gluon
+from adagrad_gluon.optim import flat as flat_module
 from adagrad_gluon.optim import kernels, optimizer
 from adagrad_gluon.optim.kernels import invoke
 
@@ -253,3 +254,49 @@ def test_an_optimizer_after_per_key_calls_pickles_and_goes_on_alike():
     for w, c in zip(weights, copies, strict=True):
         np.testing.assert_array_equal(w.asnumpy(), c.asnumpy())
 
+
+def _flat_net():
+    mx.random.seed(0)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(8, activation="relu"), gluon.nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    x = nd.array(np.random.default_rng(0).standard_normal((16, 5)))
+    net(x)
+    return net, x
+
+
+def _backward(block, x) -> None:
+    with autograd.record():
+        loss = (block(x) ** 2).mean()
+    loss.backward()
+
+
+def test_a_flat_step_reads_the_members_gradient_states_once(monkeypatch):
+    """gluon.Trainer reads the flat parameter twice in a step; the members' gradient states
+    (one C call each) are read in the first read only."""
+    net, x = _flat_net()
+    flat = adagrad_gluon.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", {"learning_rate": 0.1})
+    reads = []
+    original = flat_module._gluon.fresh_gradients
+    monkeypatch.setattr(flat_module._gluon, "fresh_gradients",
+                        lambda arrays: reads.append(len(arrays)) or original(arrays))
+    for _ in range(3):
+        _backward(net, x)
+        trainer.step(16)
+    assert reads.count(len(flat.members)) == 3
+
+
+def test_a_flat_parameter_read_by_hand_between_backwards_still_refuses_a_partial_one():
+    net, x = _flat_net()
+    flat = adagrad_gluon.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", {"learning_rate": 0.1})
+    _backward(net, x)
+    trainer.step(16)
+    _backward(net, x)
+    flat.flat.list_data()  # makes the flat gradient fresh, as the Trainer's first read does
+    _backward(net[0], x)  # then a backward through the first layer only
+    weights = flat.flat.data().asnumpy()
+    with pytest.raises(ValueError, match=f"{net[1].weight.name}.*{net[1].bias.name}"):
+        trainer.step(16)
+    np.testing.assert_array_equal(flat.flat.data().asnumpy(), weights)
