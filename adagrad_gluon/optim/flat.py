@@ -55,8 +55,8 @@ class FlatParameters:
         self.flat = flat
         self.params = {flat.name: flat}
         self._weights = weights  # the members' weights: views of the flat parameter's
-        self._lists = lists  # the members' data and gradient lists, kept so ids stay theirs
-        self._list_ids = _gluon.array_list_ids(members)
+        # the members' data lists and gradient lists, as install_arrays returned them
+        self._data_lists, self._grad_lists = (list(x) for x in zip(*lists, strict=True))
         # the read that made the flat gradient fresh found it stale: the Trainer's next read is
         # its second one in the same step (see _check_members)
         self._made_fresh = False
@@ -81,11 +81,9 @@ class FlatParameters:
             changed = [m.name for m in self.members if _MULTS(m) != mults]
             raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult after "
                              f"flattening (the flat parameter has one of each); flatten again")
-        current = _gluon.array_list_ids(self.members)
-        if current != self._list_ids:
-            count = len(self.members)
-            replaced = [m.name for i, m in enumerate(self.members)
-                        if current[i::count] != self._list_ids[i::count]]
+        replaced = _gluon.replaced_arrays(self.members, self._data_lists, self._grad_lists)
+        if any(replaced):
+            replaced = [m.name for m, r in zip(self.members, replaced, strict=True) if r]
             raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
