@@ -300,3 +300,20 @@ def test_a_flat_parameter_read_by_hand_between_backwards_still_refuses_a_partial
     with pytest.raises(ValueError, match=f"{net[1].weight.name}.*{net[1].bias.name}"):
         trainer.step(16)
     np.testing.assert_array_equal(flat.flat.data().asnumpy(), weights)
+
+
+@pytest.mark.parametrize("dtype, multi_precision", [("float16", False), ("float16", True),
+                                                    ("float64", False)])
+def test_repeated_per_key_calls_of_other_dtypes_are_bit_identical(dtype, multi_precision):
+    def run(kernel: str) -> list[np.ndarray]:
+        opt, updater = _per_key_updater(kernel, wd=0.01, multi_precision=multi_precision)
+        weights, grads = ([a.astype(dtype) for a in seq] for seq in _arrays())
+        for step in range(4):
+            for grad, new in zip(grads, _arrays(seed=step + 1)[1], strict=True):
+                grad[:] = new.astype(dtype)
+            for i in range(COUNT):
+                updater(i, grads[i], weights[i])
+        return [w.asnumpy() for w in weights]
+
+    for fused, reference in zip(run("fused"), run("reference"), strict=True):
+        np.testing.assert_array_equal(fused, reference)
