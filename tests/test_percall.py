@@ -317,3 +317,20 @@ def test_repeated_per_key_calls_of_other_dtypes_are_bit_identical(dtype, multi_p
 
     for fused, reference in zip(run("fused"), run("reference"), strict=True):
         np.testing.assert_array_equal(fused, reference)
+
+
+@pytest.mark.parametrize("nonfinite, prepared", [("propagate", COUNT), ("skip", 0),
+                                                 ("raise", 0)])
+def test_per_key_updates_are_prepared_once_and_only_where_they_can_be_reused(
+        monkeypatch, nonfinite, prepared):
+    """A policy needs the whole path on every call: nothing is prepared for it."""
+    calls = []
+    original = kernels.prepare
+    monkeypatch.setattr(kernels, "prepare",
+                        lambda *args: calls.append(args) or original(*args))
+    _, updater = _per_key_updater(nonfinite=nonfinite)
+    weights, grads = _arrays()
+    for _ in range(3):
+        for i in range(COUNT):
+            updater(i, grads[i], weights[i])
+    assert len(calls) == prepared

@@ -319,16 +319,17 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         again (an NDArray's shape, dtype and storage type cannot change), unless a non-finite
         policy or lazy weight decay needs the whole path; the rates are computed and counted
         as that path does."""
-        known = self._prepared_keys.get(index)
+        plain = self.nonfinite == "propagate" and not self._row_decay
+        known = self._prepared_keys.get(index) if plain else None
         if (known is not None and known.weight is weight and known.grad is grad
-                and known.state is state and known.options is self.options
-                and self.nonfinite == "propagate" and not self._row_decay):
+                and known.state is state and known.options is self.options):
             wd = flush_subnormal(self._get_wds([index])[0])
             _check_no_decay(self.compat, wd)
             known.update(self._count_and_lrs([index])[0], wd)
             return
         self.update_multi_precision([index], [weight], [grad], [state])
-        self._prepared_keys[index] = self._prepared_key(weight, grad, state)
+        if plain:
+            self._prepared_keys[index] = self._prepared_key(weight, grad, state)
 
     def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
         """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
