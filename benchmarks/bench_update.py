@@ -9,6 +9,11 @@ reported with elements/s, then the ratios. MXNet optimizers run through
 parameter); time ends when ``nd.waitall()`` returns. Torch rows need ``torch`` installed
 (``pip install adagrad-gluon[torch]``); they use as many threads as the fused kernels,
 and torch's fused Adagrad runs once more on one thread (on small tensors that is faster).
+``adagrad_scratch fused, flat buffer`` is what the optimizer steps under the opt-in flat
+layout: one parameter of all the elements (the layout's checks of its members are part of
+``gluon.Trainer.step``, timed in the ``trainer`` regime). Each case ends with the fastest of
+ours (list call or flat buffer) against the fastest torch fused (either thread count), and the
+README table has that ratio with the paths it compares.
 
 The physical bound runs in the same interleaved loop: ``stream_bound.cc`` beside this file, a
 plain streaming loop over the same total number of elements (one flat array) with the fused
@@ -60,6 +65,8 @@ CASES = {"1x10M": (1, 10_000_000), "10x1M": (10, 1_000_000), "1000x1k": (1000, 1
          "1000x10": (1000, 10)}
 LR = 0.01
 FUSED = "adagrad_scratch fused multi-tensor"
+FLAT = "adagrad_scratch fused, flat buffer"
+TORCH_FUSED = ("torch Adagrad fused=True", "torch Adagrad fused=True, 1 thread")
 BOUND = "streaming bound (read w,g,s; write w,s)"
 BOUND_SOURCE = Path(__file__).resolve().parent / "stream_bound.cc"
 TRAINER_CASES = {"1000x1k": (1000, 1000), "1x1M": (1, 1_000_000)}
@@ -100,6 +107,13 @@ def scratch(kernel: str, multi_tensor: bool = True) -> Callable[[int, int], Step
         return mxnet_step(optimizer, count, size)
 
     return make
+
+
+def flat_buffer(count: int, size: int) -> Step:
+    """What the optimizer steps under the flat layout (:func:`adagrad_gluon.flatten_parameters`):
+    one parameter of ``count * size`` elements (the layout's per-step checks of its members
+    happen in ``gluon.Trainer``'s reads, see the ``trainer`` regime)."""
+    return scratch("fused")(1, count * size)
 
 
 def builtin(name: str) -> Callable[[int, int], Step]:
@@ -218,15 +232,16 @@ def methods(torch_threads: int | None) -> dict[str, Callable[[int, int], Step]]:
     """The methods to compare; torch ones with ``torch_threads`` (and 1) threads, if given."""
     chosen = {
         FUSED: scratch("fused"),
+        FLAT: flat_buffer,
         "adagrad_scratch fused per tensor": scratch("fused", multi_tensor=False),
         "adagrad_scratch reference": scratch("reference"),
         "mxnet adagrad (built-in)": builtin("adagrad"),
         "mxnet sgd (built-in)": builtin("sgd"),
     }
     if torch_threads:
-        chosen["torch Adagrad fused=True"] = torch_adagrad(torch_threads, fused=True)
+        chosen[TORCH_FUSED[0]] = torch_adagrad(torch_threads, fused=True)
         if torch_threads > 1:
-            chosen["torch Adagrad fused=True, 1 thread"] = torch_adagrad(1, fused=True)
+            chosen[TORCH_FUSED[1]] = torch_adagrad(1, fused=True)
         chosen["torch Adagrad foreach=False"] = torch_adagrad(torch_threads, foreach=False)
     return chosen
 
@@ -313,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         tables.append(readme_table(results))
     for regime, (cases, chosen, baseline) in SIDE_BY_SIDE.items():
         if regime in regimes:
-            best = side_by_side(regime, cases, chosen, args.repeats, args.seconds)
+            best = side_by_side(regime, cases, chosen, baseline, args.repeats, args.seconds)
             tables.append(side_by_side_table(regime, cases, best, baseline))
     if args.readme:
         command = shlex.join(["python", "benchmarks/bench_update.py",
@@ -338,11 +353,11 @@ REGIME_TITLES = {"trainer": "one gluon.Trainer.step",
                  "perkey": "per-key updater calls (as a parameter server makes them)"}
 
 
-def side_by_side(regime: str, cases: dict, chosen: dict, repeats: int,
+def side_by_side(regime: str, cases: dict, chosen: dict, baseline: str, repeats: int,
                  seconds: float) -> dict[tuple[str, str], float]:
     """Every (case, method) of ``regime`` in one interleaved loop; print each one's min and
     median time per step, then per method the ratio of each case to the first one and per
-    case each method's ratio to the first method. Return the minimum times."""
+    case each method's ratio to ``baseline``. Return the minimum times."""
     steps = {(case, name): make(*shape) for case, shape in cases.items()
              for name, make in chosen.items()}
     times = measure(steps, repeats, seconds)
@@ -356,6 +371,11 @@ def side_by_side(regime: str, cases: dict, chosen: dict, repeats: int,
         for case in others:
             print(f"  {name}: {first} takes {best[first, name] / best[case, name]:.2f}x "
                   f"the time of {case}")
+    for case in cases:
+        for name in chosen:
+            if name != baseline:
+                print(f"  {case}: {name} / {baseline} = "
+                      f"{best[case, name] / best[case, baseline]:.2f}x")
     return best
 
 
@@ -382,16 +402,35 @@ README_COLUMNS = (("built-in `adagrad`", "mxnet adagrad (built-in)"),
 def readme_table(results: dict[str, dict[str, float]]) -> str:
     """The README's table: per case, the fused update's time and fraction of the streaming
     bound, and each other method's time with its ratio to the fused one (>1: slower)."""
-    header = ["parameters", "`adagrad_scratch` fused", "of the bound",
-              *[heading for heading, _ in README_COLUMNS]]
+    header = ["parameters", "`adagrad_scratch` fused", "of the bound", "flat buffer",
+              *[heading for heading, _ in README_COLUMNS],
+              "torch fused (best threads) / ours (best path)"]
     rows = []
     for case, best in results.items():
         fused = best[FUSED]
-        row = [case.replace("x", "×"), f"{fused * 1e3:.2f} ms", f"{best[BOUND] / fused:.0%}"]
+        row = [case.replace("x", "×"), f"{fused * 1e3:.2f} ms", f"{best[BOUND] / fused:.0%}",
+               f"{best[FLAT] * 1e3:.2f} ms ({best[FLAT] / fused:.2f}×)"]
         row += [f"{best[m] * 1e3:.2f} ms ({best[m] / fused:.2f}×)" if m in best else "n/a"
                 for _, m in README_COLUMNS]
+        ours, theirs = best_of(best, (FUSED, FLAT)), best_of(best, TORCH_FUSED)
+        row.append("n/a" if theirs is None else
+                   f"{best[theirs] / best[ours]:.2f}× ({_short(theirs)} / {_short(ours)})")
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def best_of(best: dict[str, float], names: tuple[str, ...]) -> str | None:
+    """The fastest of ``names`` that was measured (None if none was)."""
+    measured = [name for name in names if name in best]
+    return min(measured, key=best.__getitem__) if measured else None
+
+
+SHORT_NAMES = {FUSED: "list call", FLAT: "flat buffer", TORCH_FUSED[0]: "torch, all threads",
+               TORCH_FUSED[1]: "torch, 1 thread"}
+
+
+def _short(name: str) -> str:
+    return SHORT_NAMES[name]
 
 
 def _usable_cpus() -> int:
@@ -415,6 +454,11 @@ def report(case: str, times: dict[str, list], repeats: int) -> dict[str, float]:
               f"{elements * BYTES_PER_ELEMENT / best[name] / 1e9:7.2f} "
               f"{best[BOUND] / best[name]:8.1%}")
     fused = best[FUSED]
+    ours, theirs = best_of(best, (FUSED, FLAT)), best_of(best, TORCH_FUSED)
+    if theirs is not None:
+        print(f"  fastest of ours: {ours} {best[ours] * 1e3:.3f} ms; fastest torch fused: "
+              f"{theirs} {best[theirs] * 1e3:.3f} ms; torch / ours = "
+              f"{best[theirs] / best[ours]:.2f}x (target >= 1)")
     print(f"  {FUSED} at {best[BOUND] / fused:.1%} of the streaming bound "
           f"({elements * BYTES_PER_ELEMENT / best[BOUND] / 1e9:.2f} GB/s)")
     print(f"  speed-up of {FUSED} (time of the other / its time):")

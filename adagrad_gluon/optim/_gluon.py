@@ -270,17 +270,21 @@ def install_arrays(param: gluon.Parameter, data: nd.NDArray, grad: nd.NDArray) -
     ``grad`` the gradient ``backward`` writes for ``data``. Return the two lists now holding
     them: MXNet gives a parameter new lists whenever it replaces its arrays (``cast``,
     ``reset_ctx``, ``initialize(force_reinit=True)``, a new ``grad_req``), see
-    :func:`array_list_ids`."""
+    :func:`replaced_arrays`."""
     param._data, param._grad = [data], [grad]
     mx.autograd.mark_variables([data], [grad], param.grad_req)
     return param._data, param._grad
 
 
-def array_list_ids(params) -> list[int]:
-    """The ids of each parameter's data list, then of each one's gradient list (one pass in
-    C, ~40 us for 1000 parameters); equal to those of lists the caller holds (so their ids
-    cannot be reused) only while the parameters keep those lists."""
-    return [*map(id, map(_DATA_LIST, params)), *map(id, map(_GRAD_LIST, params))]
+def replaced_arrays(params, data_lists, grad_lists) -> list[bool]:
+    """Whether each parameter has replaced its arrays since :func:`install_arrays` returned
+    its data and gradient lists (``data_lists[i]``, ``grad_lists[i]``). The common answer,
+    none, takes one pass in C (~70 us for 1000 parameters)."""
+    if all(map(operator.is_, map(_DATA_LIST, params), data_lists)) \
+            and all(map(operator.is_, map(_GRAD_LIST, params), grad_lists)):
+        return [False] * len(params)
+    return [p._data is not d or p._grad is not g
+            for p, d, g in zip(params, data_lists, grad_lists, strict=True)]
 
 
 _DATA_LIST, _GRAD_LIST = operator.attrgetter("_data"), operator.attrgetter("_grad")

@@ -27,6 +27,7 @@ a new ``grad_req``) raises ``ValueError`` instead of silently training a copy.
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -41,6 +42,7 @@ __all__ = ["FlatParameters", "flatten_parameters"]
 # every parameter flattened so far (a parameter's arrays can be views of one buffer only)
 _FLATTENED: weakref.WeakSet = weakref.WeakSet()
 _NAMES = itertools.count()  # the default names of flat parameters: flat0, flat1, ...
+_MULTS = operator.attrgetter("lr_mult", "wd_mult")
 
 
 class FlatParameters:
@@ -53,31 +55,41 @@ class FlatParameters:
         self.flat = flat
         self.params = {flat.name: flat}
         self._weights = weights  # the members' weights: views of the flat parameter's
-        self._lists = lists  # the members' data and gradient lists, kept so ids stay theirs
-        self._list_ids = _gluon.array_list_ids(members)
+        # the members' data lists and gradient lists, as install_arrays returned them
+        self._data_lists, self._grad_lists = (list(x) for x in zip(*lists, strict=True))
+        # the read that made the flat gradient fresh found it stale: the Trainer's next read is
+        # its second one in the same step (see _check_members)
+        self._made_fresh = False
         flat.on_read = self._check_members
 
     def _check_members(self) -> None:
         """Before the Trainer reads the flat parameter: refuse members whose arrays were
         replaced or whose ``lr_mult``/``wd_mult`` changed; make the flat gradient fresh when
         every member's is (and theirs stale), refuse a step after a backward through only some
-        of them. (Not the flat gradient's own flag: a kvstore that updates never clears it.)"""
+        of them. (Not the flat gradient's own flag: a kvstore that updates never clears it.)
+
+        ``gluon.Trainer`` reads the flat parameter twice in a step, nothing in between; the
+        second read finds what the first left, so it is skipped when the first made the flat
+        gradient fresh from stale and it is still fresh (a Trainer that updates clears it after
+        its second read; a kvstore that updates never does, and its reads are all checked)."""
         flat_weight = self.flat.data()
-        changed = [m.name for m in self.members
-                   if (m.lr_mult, m.wd_mult) != (self.flat.lr_mult, self.flat.wd_mult)]
-        if changed:
+        made_fresh, self._made_fresh = self._made_fresh, False
+        if made_fresh and _gluon.fresh_gradients([flat_weight])[0]:
+            return
+        mults = _MULTS(self.flat)
+        if any(map(mults.__ne__, map(_MULTS, self.members))):  # one pass in C
+            changed = [m.name for m in self.members if _MULTS(m) != mults]
             raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult after "
                              f"flattening (the flat parameter has one of each); flatten again")
-        current = _gluon.array_list_ids(self.members)
-        if current != self._list_ids:
-            count = len(self.members)
-            replaced = [m.name for i, m in enumerate(self.members)
-                        if current[i::count] != self._list_ids[i::count]]
+        replaced = _gluon.replaced_arrays(self.members, self._data_lists, self._grad_lists)
+        if any(replaced):
+            replaced = [m.name for m, r in zip(self.members, replaced, strict=True) if r]
             raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
         fresh = _gluon.fresh_gradients(self._weights)
         if all(fresh):
+            self._made_fresh = not _gluon.fresh_gradients([flat_weight])[0]
             _gluon.set_fresh_gradients(self._weights, False)
             _gluon.set_fresh_gradients([flat_weight], True)
         elif any(fresh):

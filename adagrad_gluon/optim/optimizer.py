@@ -9,7 +9,9 @@ checks (:mod:`.checks`) and the non-finite policy (:mod:`.nonfinite`).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import mxnet as mx
 import numpy as np
@@ -46,6 +48,7 @@ REGISTERED_NAME = "adagrad_scratch"
 # every field of AdagradOptions is an attribute of the optimizer too (rescale_grad and
 # clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
+_option_values = operator.attrgetter(*OPTION_FIELDS)  # one tuple of them, in one C call
 
 
 class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
@@ -199,6 +202,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
         self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
+        self._prepared_keys: dict = {}  # index -> _PreparedKey (per-key calls, fused kernels)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
@@ -207,7 +211,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     def options(self) -> AdagradOptions:
         """The update's numerics, from the attributes as they are now (``gluon.Trainer`` sets
         ``rescale_grad`` every step; an attribute set to a bad value raises here, naming it)."""
-        values = tuple([getattr(self, name) for name in OPTION_FIELDS])
+        values = _option_values(self)
         if values != self._option_values:
             self._options, self._option_values = AdagradOptions(*values), values
         return self._options
@@ -300,7 +304,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         them all in one multi-tensor call.
         """
         if not isinstance(index, (list, tuple)):
-            index, weight, grad, state = [index], [weight], [grad], [state]
+            self._update_key(index, weight, grad, state)
+            return
         if any(map(is_row_sparse, weight)):
             for args in zip(index, weight, grad, state, strict=True):
                 if is_row_sparse(args[1]):
@@ -324,6 +329,36 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                      for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
         lazy_decay.advance_all(pending)
+
+    def _update_key(self, index, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
+        """One parameter's update, called with no lists (as a parameter server calls it, once
+        per key). A call with the very arrays and the options of the key's last call runs the
+        fused update prepared then (:func:`~.kernels.prepare`), without checking the arrays
+        again (an NDArray's shape, dtype and storage type cannot change), unless a non-finite
+        policy or lazy weight decay needs the whole path; the rates are computed and counted
+        as that path does."""
+        plain = self.nonfinite == "propagate" and not self._row_decay
+        known = self._prepared_keys.get(index) if plain else None
+        if (known is not None and known.weight is weight and known.grad is grad
+                and known.state is state and known.options is self.options):
+            wd = flush_subnormal(self._get_wds([index])[0])
+            _check_no_decay(self.compat, wd)
+            known.update(self._count_and_lrs([index])[0], wd)
+            return
+        self.update_multi_precision([index], [weight], [grad], [state])
+        if plain:
+            self._prepared_keys[index] = self._prepared_key(weight, grad, state)
+
+    def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
+        """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
+        kernels, a row_sparse weight or gradient, or a list state (its items can change)."""
+        if self.kernel != "fused" or isinstance(state, list) \
+                or is_row_sparse(weight) or is_row_sparse(grad):
+            return None
+        master, acc = split_state(state)
+        options = self.options
+        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
+        return None if update is None else _PreparedKey(weight, grad, state, options, update)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -379,7 +414,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         one pass over them; otherwise, the scheduler's rate may change between two of them.
         """
         begin = self.begin_num_update
-        if len({self._index_update_count.get(i, begin) for i in indices}) > 1:
+        if len(indices) > 1 and len({self._index_update_count.get(i, begin)
+                                     for i in indices}) > 1:
             lrs = []
             for i in indices:
                 self._update_count(i)
@@ -395,7 +431,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values", "_checked_calls"):
+        for name in ("_steps", "_options", "_option_values", "_checked_calls",
+                     "_prepared_keys"):
             state.pop(name, None)
         return state
 
@@ -409,6 +446,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             vars(self).setdefault(field.name, field.default)
         self._options, self._option_values = None, None
         self._checked_calls = {}
+        self._prepared_keys = {}
         self._step_updated = set()
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         vars(self).setdefault("host_row_check", None)  # pickled before it existed
@@ -428,6 +466,16 @@ def _own_gradient(param, grad: nd.NDArray) -> bool:
         return any(grad is own for own in param.list_grad())
     except RuntimeError:  # not initialized (MXNetError is a RuntimeError too)
         return False
+
+
+class _PreparedKey(NamedTuple):
+    """A per-key call's arrays and options, and the fused update prepared for them."""
+
+    weight: nd.NDArray
+    grad: nd.NDArray
+    state: State
+    options: AdagradOptions
+    update: kernels.PreparedUpdate
 
 
 def _check_no_decay(compat: str, wd: float) -> None:

@@ -53,12 +53,13 @@ from .build import (
     compiler,
     library_path,
 )
+from .invoke import Attributes, Operator, handles
 
 __all__ = ["AGGREGATE_NUM", "BUILD_TIMEOUT_SECONDS", "CXXFLAGS", "CXX_ENV", "KERNELS",
            "KERNEL_ENV", "LIBRARY_NAME", "NUM_THREADS_ENV", "SOURCE", "KernelFallbackWarning",
            "KernelUnavailableError", "Step", "available", "build", "build_module", "cache_dir",
            "check_kernel", "compiler", "fused_steps", "library_path", "load", "num_threads",
-           "resolve_kernel", "set_num_threads", "supports"]
+           "PreparedUpdate", "prepare", "resolve_kernel", "set_num_threads", "supports"]
 
 KERNEL_ENV = "ADAGRAD_GLUON_KERNEL"
 NUM_THREADS_ENV = "ADAGRAD_GLUON_NUM_THREADS"
@@ -72,7 +73,8 @@ _DEFAULT_ATTRS = dict(eps="1e-06", rescale_grad="1.0", eps_placement="inside",
 # the row-wise operators, by: is the gradient row_sparse?
 _ROWWISE_OPS = {False: "adagrad_gluon_rowwise_update",
                 True: "adagrad_gluon_rowwise_row_sparse_update"}
-_OPS = ("adagrad_gluon_update", "adagrad_gluon_multi_update",
+_DENSE_OP = "adagrad_gluon_update"  # one dense tensor
+_OPS = (_DENSE_OP, "adagrad_gluon_multi_update",
         "adagrad_gluon_row_sparse_update", *_ROWWISE_OPS.values())
 
 
@@ -89,7 +91,7 @@ class _Library:
         self.error: KernelUnavailableError | None = None
         self.warned = False
         self.handle: ctypes.CDLL | None = None
-        self.ops: dict[str, object] = {}
+        self.ops: dict[str, Operator] = {}
 
 
 _library = _Library()
@@ -164,13 +166,13 @@ def load() -> Path:
         except KernelUnavailableError as exc:
             _library.error = exc
             raise
-        _library.ops = {name: getattr(nd, name) for name in _OPS}
+        _library.ops = {name: Operator(name) for name in _OPS}
         _library.path = path
         _set_threads(threads)
         return path
 
 
-def _op(name: str):
+def _op(name: str) -> Operator:
     if _library.path is None:
         load()
     return _library.ops[name]
@@ -243,6 +245,13 @@ def _attrs(options: AdagradOptions, multi_precision: bool) -> dict[str, str]:
     return {key: value for key, value in attrs.items() if _DEFAULT_ATTRS.get(key) != value}
 
 
+@functools.lru_cache(maxsize=64)
+def _single_attributes(options: AdagradOptions, multi_precision: bool) -> Attributes:
+    """:func:`_attrs` as the C arrays of a single-tensor call (``lr`` and ``wd`` added per
+    call, see :class:`~.invoke.Attributes`)."""
+    return Attributes(_attrs(options, multi_precision))
+
+
 def supports(weight: nd.NDArray, acc: nd.NDArray, master: nd.NDArray | None) -> bool:
     """Whether the kernels take these dtypes: a float32 or float16 weight with a float32
     accumulator (and float32 master), or float64 with float64: what ``AdagradScratch``
@@ -271,25 +280,52 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
     and on row indices out of order or range."""
     dense: dict[bool, list[Step]] = {False: [], True: []}  # by: with master weights?
     for step in steps:
-        if step.master is not None and not supports(step.weight, step.acc, step.master):
+        operator = _single_operator(step, options)
+        if operator is None:
             reference_steps([step], options)
-        elif options.rowwise:
-            _single_update(_ROWWISE_OPS[step.row_sparse], step, options)
-        elif step.row_sparse:
-            _single_update("adagrad_gluon_row_sparse_update", step, options)
-        else:
+        elif operator == _DENSE_OP:
             dense[step.master is not None].append(step)
+        else:
+            PreparedUpdate(operator, step, options)(step.lr, step.wd)
     for with_masters, group in dense.items():
         if len(group) == 1:
-            _single_update("adagrad_gluon_update", group[0], options)
+            PreparedUpdate(_DENSE_OP, group[0], options)(group[0].lr, group[0].wd)
         elif group:
             _multi_update(group, options, with_masters)
 
 
-def _single_update(operator: str, step: Step, options: AdagradOptions) -> None:
-    """One tensor's update by ``operator``: weight, grad, acc[, master]."""
-    _op(operator)(*_arrays(step), lr=repr(float(step.lr)), wd=repr(float(step.wd)),
-                  **_attrs(options, step.master is not None))
+def _single_operator(step: Step, options: AdagradOptions) -> str | None:
+    """The single-tensor operator that runs ``step`` on its own, or None for the reference
+    (a master copy whose dtypes the kernels do not take)."""
+    if step.master is not None and not supports(step.weight, step.acc, step.master):
+        return None
+    if options.rowwise:
+        return _ROWWISE_OPS[step.row_sparse]
+    return "adagrad_gluon_row_sparse_update" if step.row_sparse else _DENSE_OP
+
+
+class PreparedUpdate:
+    """One tensor's update by a single-tensor operator with everything but its rates encoded:
+    the arrays' handles (kept alive with the arrays) and the options' attributes. Call it with
+    ``(lr, wd)``; a parameter server's per-key calls reuse it (see :func:`prepare`)."""
+
+    def __init__(self, operator: str, step: Step, options: AdagradOptions) -> None:
+        self._arrays = _arrays(step)
+        self._inputs = handles(self._arrays)
+        self._operator = _op(operator)
+        self._attributes = _single_attributes(options, step.master is not None)
+
+    def __call__(self, lr: float, wd: float) -> None:
+        attributes = self._attributes
+        self._operator.invoke(self._inputs, len(self._arrays), attributes.keys,
+                              attributes.values(lr, wd), attributes.count)
+
+
+def prepare(step: Step, options: AdagradOptions) -> PreparedUpdate | None:
+    """The update :func:`fused_steps` runs for ``[step]`` alone with ``options``, prepared;
+    None for a row_sparse gradient (its rows change every call) or the reference path."""
+    operator = None if step.row_sparse else _single_operator(step, options)
+    return None if operator is None else PreparedUpdate(operator, step, options)
 
 
 def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool) -> None:
