@@ -43,6 +43,24 @@ def test_a_repeated_list_call_does_not_check_its_arrays_again(monkeypatch):
     assert checks[COUNT:] == [0, 1, 2]
 
 
+def test_a_repeated_list_call_does_not_read_storage_types_again(monkeypatch):
+    """A cached call's weights were checked dense: no storage type is read per parameter to
+    look for a kvstore's row_sparse weight (1000 C calls a step under a large Trainer)."""
+    reads = []
+    original = optimizer.is_row_sparse
+    monkeypatch.setattr(optimizer, "is_row_sparse",
+                        lambda array: reads.append(array) or original(array))
+    updater = mx.optimizer.get_updater(
+        mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused"))
+    weights, grads = _arrays()
+    indices = list(range(COUNT))
+    updater(indices, grads, weights)
+    first = len(reads)
+    assert first >= COUNT
+    updater(indices, grads, weights)
+    assert len(reads) == first
+
+
 def test_list_calls_of_two_contexts_each_reuse_their_checks(monkeypatch):
     checks = []
     original = optimizer.checked_arrays

@@ -306,15 +306,20 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         if not isinstance(index, (list, tuple)):
             self._update_key(index, weight, grad, state)
             return
-        if any(map(is_row_sparse, weight)):
+        options = self.options
+        slot, key = _call_key(index, weight, grad, state, rowwise=options.rowwise)
+        known = self._checked_calls.get(slot)
+        if known is not None and known[0] == key:  # checked dense weights: none row_sparse
+            checked = known[1]
+        elif any(map(is_row_sparse, weight)):
             for args in zip(index, weight, grad, state, strict=True):
                 if is_row_sparse(args[1]):
                     update_kvstore_row_sparse(self, *args)
                 else:
                     self.update_multi_precision(*args)
             return
-        options = self.options
-        checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
+        else:
+            checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
         wds = _each(flush_subnormal, self._get_wds(index))
         _check_no_decay(self.compat, max(wds))  # wd may have been set since __init__
         if self.nonfinite != "propagate":
@@ -372,9 +377,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
                                       states[0], self._name, **check_options)]
             self._check_rows_on_host(indices, checked)
             return checked
-        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
-               tuple(sorted(check_options.items())))
-        slot = (key[0], weights[0].context)  # a Trainer's updater per context calls in turn
+        slot, key = _call_key(indices, weights, grads, states, **check_options)
         known = self._checked_calls.get(slot)
         if known is not None and known[0] == key:
             return known[1]
@@ -456,6 +459,14 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _call_key(indices, weights, grads, states, **check_options) -> tuple:
+    """``(slot, key)`` of a list call in ``_checked_calls``: a Trainer's updater per context
+    calls in turn (the slot), with the very objects of its last call (the key)."""
+    key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
+           tuple(sorted(check_options.items())))
+    return (key[0], weights[0].context), key
 
 
 def _own_gradient(param, grad: nd.NDArray) -> bool:
