@@ -810,15 +810,11 @@ inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t 
   }
 }
 
-// Update one row, given the sum of its squared prepared gradient.
+// Update one row, given its denominator (from its accumulator, already updated).
 template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace>
 inline void row_step(const RowView<W, A, kMaster>& row, int64_t n, const Scalars<A>& scalars,
-                     A sum) {
+                     A denom) {
   const Scalars<A> c = scalars;  // a local copy: its fields stay in registers
-  const A acc = *row.s + sum / static_cast<A>(n);
-  *row.s = acc;
-  A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
-  if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
   W* __restrict w = row.w;
   const W* __restrict g = row.g;
   A* __restrict m = row.m;
@@ -869,11 +865,19 @@ void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
     } else {
       row_sums<W, A, kMaster, kDecay, kKahan>(rows, size, n, c, sums);
     }
+    A denoms[kRowBlock];  // the block's accumulators first: their latency overlaps
+    for (int64_t r = 0; r < size; ++r) {
+      const A acc = *rows[r].s + sums[r] / static_cast<A>(n);
+      *rows[r].s = acc;
+      A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
+      if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
+      denoms[r] = denom;
+    }
     for (int64_t r = 0; r < size; ++r) {
       if (first + r + kRowwisePrefetch < count) {
         prefetch_task_row<W, A, kMaster>(task, first + r + kRowwisePrefetch);
       }
-      row_step<W, A, kMaster, kDecay, kPlace>(rows[r], n, c, sums[r]);
+      row_step<W, A, kMaster, kDecay, kPlace>(rows[r], n, c, denoms[r]);
     }
   }
 }
