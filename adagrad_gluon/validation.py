@@ -86,12 +86,13 @@ def check_learning_rate(name: str, value) -> float:
 # -- argparse types -------------------------------------------------------------------------
 
 def argument_type(convert: Callable[[str], object]) -> Callable[[str], object]:
-    """Wrap ``convert`` so that its TypeError/ValueError becomes argparse's one-line error."""
+    """Wrap ``convert`` so that its TypeError/ValueError (or the OSError of a path the system
+    refuses, e.g. a name too long) becomes argparse's one-line error."""
     @functools.wraps(convert)
     def parse(text: str):
         try:
             return convert(text)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OSError) as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
 

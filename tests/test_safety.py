@@ -240,6 +240,8 @@ VALUES = st.one_of(
 @example(argv=["sweep", "--lrs", "1,\x1e2"])
 @example(argv=["compare", "--lr", "1e300"])  # inf in float32: a traceback after training
 @example(argv=["sweep", "--lrs", "1e-320"])  # 0 in float32: MXNetError on the first update
+@example(argv=["compare", "--data-dir", "x" * 300])  # found by this test: name too long, OSError
+@example(argv=["compare", "--out", "x" * 300])
 def test_any_command_line_parses_or_fails_in_one_line(argv):
     """Argument handling alone (no training): every argv either parses into checked values
     or ends with exit code 2 (0 for --help) and a one-line message, never a traceback."""
