@@ -21,6 +21,7 @@ from .checks import State, accumulator_dtype, check_dense_weight, checked_arrays
 from .functional import Step, denominator, reference_steps
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
 from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
+from .quantized import QuantizedAcc, check_state_bits, dense, run_steps
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
@@ -111,6 +112,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
         and else the reference with one warning. ``'auto'`` defers to the environment
         variable ``ADAGRAD_GLUON_KERNEL``, and is decided again where a pickled optimizer is
         loaded. The attribute ``kernel`` holds the path chosen.
+    state_bits : {32, 8}, default 32
+        The accumulator's storage: float32, or 8-bit blockwise (uint8 codes plus a float32
+        scale per block of 256 elements, <= 1.016 bytes per element; each step dequantizes,
+        updates in float32 and requantizes: the map and its error bound are in
+        :mod:`adagrad_gluon.optim.quantized`). float64 weights keep a float64 accumulator.
+        A numerics option: a saved state resumes only under the same ``state_bits``.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -128,6 +135,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         compat: str = "d2l",
         kernel: str = "auto",
         nonfinite: str = "propagate",
+        state_bits: int = 32,
         **kwargs,
     ):
         kwargs = optimizer_kwargs(check_compat(compat), {"learning_rate": learning_rate, **kwargs})
@@ -141,6 +149,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         vars(self).update(dataclasses.asdict(options))
         self._options, self._option_values = options, dataclasses.astuple(options)
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.state_bits = check_state_bits(state_bits)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
@@ -172,9 +181,12 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     # -- state -------------------------------------------------------------------------------
 
-    def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
-        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``."""
+    def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray | QuantizedAcc:
+        """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
+        with ``state_bits=8`` an 8-bit one for float16/float32 weights."""
         check_dense_weight(self._name(index), weight)
+        if self.state_bits == 8 and weight.dtype != np.float64:
+            return QuantizedAcc.full(weight.shape, self.initial_accumulator_value, weight.context)
         return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
@@ -212,7 +224,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         see :func:`adagrad_gluon.d2l.diagnostics.effective_learning_rates`.
         """
         _, acc = split_state(state)
-        return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
+        return self.current_lr(index) / denominator(dense(acc), self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
         """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
@@ -242,8 +254,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
             if not index:
                 return
         lrs = self._count_and_lrs(index)
-        self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
-                     for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+        run_steps(self._steps, [Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
+                                for c, lr, wd in zip(checked, lrs, wds, strict=True)],
+                  options, fused=self.kernel == "fused")
 
     def _refuse_lazy_decay(self, indices, checked, wds) -> None:
         """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
@@ -293,6 +306,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         raises :class:`~adagrad_gluon.optim.kernels.KernelUnavailableError` here, not mid-training.
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        vars(self).setdefault("state_bits", 32)  # pickled before state_bits existed
         self._options, self._option_values = None, None
         self._step_updated = set()
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))

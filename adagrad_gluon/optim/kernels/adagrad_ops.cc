@@ -624,3 +624,216 @@ extern "C" int adagrad_gluon_num_threads(int n) {
   if (n >= 1) g_num_threads = n;
   return num_threads();
 }
+
+// -- 8-bit blockwise accumulator (state_bits=8; reference: adagrad_gluon/optim/quantized.py) --
+//
+//   adagrad_gluon_q8_update(weight_0, grad_0, codes_0, scales_0[, master_0], weight_1, ...)
+//       attributes num_tensors, lrs, wds and the shared options (as the multi update).
+// codes: uint8, the weight's shape; scales: float32, one per block of 256 elements. Per block:
+// s = TABLE[code] * scale; the float32 step above on s; scale = max(s) (NaN if any is NaN);
+// code = the number of MIDPOINTS below s / scale (0 for NaN). TABLE[c] = t * t * t with
+// t = c / 255 in float32; MIDPOINTS[k] = (TABLE[k] + TABLE[k + 1]) * 0.5 with MIDPOINTS[0] = 0,
+// then +inf: a positive value never gets code 0.
+
+namespace {
+
+constexpr int64_t kQuantBlock = 256;
+
+struct QuantMap {
+  float table[256];
+  float midpoints[256];
+  QuantMap() {
+    for (int c = 0; c < 256; ++c) {
+      const float t = static_cast<float>(c) / 255.0f;
+      table[c] = t * t * t;
+    }
+    for (int k = 0; k < 255; ++k) midpoints[k] = (table[k] + table[k + 1]) * 0.5f;
+    midpoints[0] = 0.0f;
+    midpoints[255] = std::numeric_limits<float>::infinity();
+  }
+};
+
+const QuantMap& quant_map() {
+  static const QuantMap map;
+  return map;
+}
+
+// How many midpoints are below r (a branchless binary search over the 256 sorted values).
+inline uint8_t quant_code(float r, const float* midpoints) {
+  int c = 0;
+  for (int step = 128; step >= 1; step >>= 1) c += midpoints[c + step - 1] < r ? step : 0;
+  return static_cast<uint8_t>(c);
+}
+
+struct QuantJob {
+  void* weight;
+  const void* grad;
+  uint8_t* codes;
+  float* scales;
+  float* master;  // nullptr without a master weight
+  int64_t size;
+  double lr;
+  double wd;
+};
+
+// Update blocks [first, last) of a job: dequantize, the elementwise update, requantize.
+template <typename W, bool kMaster, Decay kDecay, Placement kPlace>
+void quant_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
+  const QuantMap& map = quant_map();
+  float s[kQuantBlock];
+  for (int64_t b = first; b < last; ++b) {
+    const int64_t begin = b * kQuantBlock;
+    const int64_t n = std::min(kQuantBlock, job.size - begin);
+    uint8_t* codes = job.codes + begin;
+    const float scale = job.scales[b];
+    for (int64_t i = 0; i < n; ++i) s[i] = map.table[codes[i]] * scale;
+    const Job part{static_cast<W*>(job.weight) + begin, static_cast<const W*>(job.grad) + begin,
+                   s, kMaster ? job.master + begin : nullptr, n, job.lr, job.wd};
+    update_range<W, float, kMaster, kDecay, kPlace>(part, options, 0, n);
+    float top = 0.0f;
+    for (int64_t i = 0; i < n; ++i) top = (s[i] > top || s[i] != s[i]) ? s[i] : top;
+    job.scales[b] = top;
+    for (int64_t i = 0; i < n; ++i) codes[i] = quant_code(s[i] / top, map.midpoints);
+  }
+}
+
+using QuantFn = void (*)(const QuantJob&, const Options&, int64_t, int64_t);
+
+template <typename W, bool kMaster, Decay kDecay>
+QuantFn quant_placement(Placement placement) {
+  return placement == Placement::kInside ? quant_blocks<W, kMaster, kDecay, Placement::kInside>
+                                         : quant_blocks<W, kMaster, kDecay, Placement::kOutside>;
+}
+
+template <typename W, bool kMaster>
+QuantFn quant_decay(Decay decay, Placement placement) {
+  switch (decay) {
+    case Decay::kStep: return quant_placement<W, kMaster, Decay::kStep>(placement);
+    case Decay::kL2: return quant_placement<W, kMaster, Decay::kL2>(placement);
+    case Decay::kDecoupled: return quant_placement<W, kMaster, Decay::kDecoupled>(placement);
+    default: return quant_placement<W, kMaster, Decay::kNone>(placement);
+  }
+}
+
+QuantFn pick_quant(int weight_type, bool master, double wd, const Options& o) {
+  const Decay decay = wd == 0.0 ? Decay::kNone : o.decay_mode;
+  if (weight_type == mxnet::ext::kFloat32 && !master) return quant_decay<float, false>(decay,
+                                                                                  o.placement);
+  if (weight_type != mxnet::ext::kFloat16) return nullptr;
+  return master ? quant_decay<uint16_t, true>(decay, o.placement)
+                : quant_decay<uint16_t, false>(decay, o.placement);
+}
+
+// Inputs per tensor: weight, grad, codes, scales[, master].
+int quant_per_tensor(const Layout& layout) { return layout.master ? 5 : 4; }
+
+MXReturnValue quant_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  *num_in = layout.num_tensors * quant_per_tensor(layout);
+  *num_out = 0;
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                                std::vector<std::vector<unsigned int>>*) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const std::vector<unsigned int>* shapes = &(*in)[t * quant_per_tensor(layout)];
+    int64_t size = 1;
+    for (unsigned int d : shapes[0]) size *= d;
+    const std::vector<unsigned int> blocks{
+        static_cast<unsigned int>((size + kQuantBlock - 1) / kQuantBlock)};
+    if (shapes[1] != shapes[0] || shapes[2] != shapes[0] || shapes[3] != blocks
+        || (layout.master && shapes[4] != shapes[0])) {
+      MX_ERROR_MSG << "tensor " << t << ": grad, codes (and master) must have the weight's "
+                   << "shape and scales one element per block of 256";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_infer_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>*) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int* types = &(*in)[t * quant_per_tensor(layout)];
+    const bool weight_ok = layout.master ? types[0] == mxnet::ext::kFloat16
+                                         : (types[0] == mxnet::ext::kFloat32
+                                            || types[0] == mxnet::ext::kFloat16);
+    if (!weight_ok || types[1] != types[0] || types[2] != mxnet::ext::kUint8
+        || types[3] != mxnet::ext::kFloat32
+        || (layout.master && types[4] != mxnet::ext::kFloat32)) {
+      MX_ERROR_MSG << "tensor " << t << ": expected a float32 or float16 weight and grad, "
+                   << "uint8 codes, float32 scales (and a float32 master for float16)";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_mutate_inputs(const Attrs& attrs, std::vector<int>* indices) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int first = t * quant_per_tensor(layout);
+    for (int k : {0, 2, 3}) indices->push_back(first + k);
+    if (layout.master) indices->push_back(first + 4);
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  std::vector<double> lrs, wds;
+  if (!parse_layout(attrs, true, &layout) || !parse_options(attrs, &options)
+      || !get_numbers(attrs, "lrs", layout.num_tensors, &lrs)
+      || !get_numbers(attrs, "wds", layout.num_tensors, &wds)) {
+    return MX_FAIL;
+  }
+  std::vector<QuantJob> jobs;
+  std::vector<QuantFn> kernels;
+  struct Blocks { int job; int64_t first, last; };
+  std::vector<Blocks> pieces;
+  constexpr int64_t kGrainBlocks = kGrainElements / kQuantBlock;
+  int64_t total = 0;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    MXTensor* in = &(*inputs)[t * quant_per_tensor(layout)];
+    const QuantFn kernel = pick_quant(in[0].dtype, layout.master, wds[t], options);
+    if (kernel == nullptr) {
+      MX_ERROR_MSG << "tensor " << t << ": unsupported weight type " << in[0].dtype;
+      return MX_FAIL;
+    }
+    const int64_t size = in[0].size();
+    jobs.push_back({in[0].data_ptr, in[1].data_ptr, in[2].data<uint8_t>(), in[3].data<float>(),
+                    layout.master ? in[4].data<float>() : nullptr, size, lrs[t], wds[t]});
+    kernels.push_back(kernel);
+    total += size;
+    const int64_t blocks = (size + kQuantBlock - 1) / kQuantBlock;
+    for (int64_t first = 0; first < blocks; first += kGrainBlocks) {
+      pieces.push_back({t, first, std::min(blocks, first + kGrainBlocks)});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(pieces.size());
+  const int threads = total < kParallelMinElements ? 1 : std::min<int64_t>(num_threads(), count);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int64_t p = 0; p < count; ++p) {
+    const Blocks& piece = pieces[p];
+    kernels[piece.job](jobs[piece.job], options, piece.first, piece.last);
+  }
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(adagrad_gluon_q8_update)
+    .setParseAttrs(quant_parse)
+    .setInferShape(quant_infer_shape)
+    .setInferType(quant_infer_type)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(quant_mutate_inputs)
+    .setForward(quant_forward, "cpu");

@@ -1,0 +1,247 @@
+"""The 8-bit blockwise accumulator of ``AdagradScratch(state_bits=8)``: its state type, the
+quantization map, and the readable reference of its update.
+
+Layout (as bitsandbytes' blockwise 8-bit optimizers store a state): the accumulator of a
+float16/float32 weight of ``n`` elements is ``n`` uint8 codes (the weight's shape) plus one
+float32 scale per block of :data:`BLOCK` = 256 consecutive elements (in C order; the last block
+may be partial): ``n + 4 * ceil(n / 256)`` bytes, <= 1.016 bytes per element. float64 weights
+keep their float64 accumulator (8-bit codes would throw away the precision they ask for).
+
+The map. A block's scale is its largest accumulator value (its absmax: an accumulator is
+``>= 0``); an element ``s`` is stored as the code ``c`` whose value ``TABLE[c] * scale`` is
+nearest to it, with ``TABLE[c] = (c / 255) ** 3`` (computed in float32 as ``t * t * t``):
+
+* ``TABLE[255] = 1``: the block's largest element, the one that sets its step sizes' floor,
+  is stored exactly, and ``TABLE[0] = 0`` stores an exact zero (a fresh accumulator);
+* positive values never round to 0 (the midpoint between codes 0 and 1 is taken as 0): a
+  small accumulator stored as 0 would turn its step into ``lr * g / sqrt(g * g + eps)``, the
+  full ``lr`` the accumulated history was meant to shrink; it is rounded up to
+  ``TABLE[1] * scale = scale / 255**3`` (6.0e-8 of the block's largest) instead, which only
+  makes that step smaller;
+* the cubic map is dense near the top, where most of a block's elements are: between codes
+  ``c`` and ``c + 1`` the relative gap is ``3 / c`` (and less), so an element ``s = r * scale``
+  is stored with a relative error of at most about ``1.5 / (255 * r ** (1/3))``: 0.6% at the
+  block's largest, 5.9% at 1e-3 of it, for any ``s >= TABLE[1] * scale``. The step divides by
+  ``sqrt(s + eps)``, so its relative error is about half that: 0.3% and 3%.
+
+bitsandbytes' ``create_dynamic_map`` (a signed, dynamic-exponent map for Adam's moments) spends
+its codes on a range of 7 decades and on signs an accumulator never has; a power map has no
+exponent to decode, so the reference (numpy) and the C++ kernel compute the same table with
+the same three float32 operations, and the codes are bit-identical.
+
+One step on a block: dequantize (``TABLE[code] * scale``, float32), run the elementwise float32
+update of :func:`~adagrad_gluon.optim.functional.adagrad_update` on it, take the new absmax as
+the scale and requantize (``ratio = s / scale`` in float32, the code by the float32 midpoints).
+A NaN or infinity in a block's accumulator (``nonfinite='propagate'``) makes the block's scale,
+and so its accumulator, NaN. ``row_sparse`` gradients are updated lazily per block: the blocks
+holding none of the gradient's rows keep their codes and scales bit for bit (the fused path
+hands these steps to the reference, which dequantizes the whole tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from mxnet import nd
+
+from .functional import Step, reference_steps
+from .options import AdagradOptions
+
+__all__ = ["BLOCK", "MIDPOINTS", "STATE_BITS", "TABLE", "QuantizedAcc", "accumulator_bytes",
+           "check_state_bits", "dense", "dequantize", "fused_quantized_steps", "host_copy",
+           "quantize", "reference_quantized_steps", "run_steps"]
+
+BLOCK = 256
+STATE_BITS = (8, 32)
+
+
+def _cubic_map() -> tuple[np.ndarray, np.ndarray]:
+    """``TABLE`` (256 float32 values) and ``MIDPOINTS`` (256: the 255 float32 midpoints with the
+    first set to 0, then +inf), as the C++ kernel computes them."""
+    t = np.arange(256, dtype=np.float32) / np.float32(255)
+    table = t * t * t
+    midpoints = (table[:-1] + table[1:]) * np.float32(0.5)
+    midpoints[0] = 0
+    return table, np.append(midpoints, np.float32(np.inf))
+
+
+TABLE, MIDPOINTS = _cubic_map()
+
+
+def check_state_bits(state_bits) -> int:
+    """Return ``state_bits`` if it is 8 or 32 (an int, not a bool)."""
+    if isinstance(state_bits, bool) or state_bits not in STATE_BITS \
+            or not isinstance(state_bits, (int, np.integer)):
+        raise ValueError(f"state_bits must be 8 (blockwise 8-bit accumulator) or 32 (float32), "
+                         f"got {state_bits!r}")
+    return int(state_bits)
+
+
+def num_blocks(size: int) -> int:
+    """The number of scales of an accumulator of ``size`` elements."""
+    return -(-size // BLOCK)
+
+
+def accumulator_bytes(size: int) -> int:
+    """Bytes of an 8-bit accumulator of ``size`` elements: codes plus float32 scales."""
+    return size + 4 * num_blocks(size)
+
+
+def _padded(flat: np.ndarray) -> np.ndarray:
+    """``flat`` as ``(blocks, BLOCK)``, the last block padded with zeros."""
+    blocks = np.zeros((num_blocks(flat.size), BLOCK), dtype=flat.dtype)
+    blocks.reshape(-1)[:flat.size] = flat
+    return blocks
+
+
+def quantize(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, scales)`` of a float32 accumulator: uint8 codes of its shape and one float32
+    scale (the absmax) per block, by the module's map."""
+    acc = np.asarray(acc, dtype=np.float32)
+    blocks = _padded(acc.reshape(-1))
+    scales = blocks.max(axis=1) if blocks.size else np.zeros(0, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = blocks / scales[:, None]
+    codes = np.searchsorted(MIDPOINTS, ratio, side="left")  # how many midpoints are < ratio
+    codes[np.isnan(ratio)] = 0  # a block of zeros (0/0), or one with NaN or infinity
+    return codes.astype(np.uint8).reshape(-1)[:acc.size].reshape(acc.shape), scales
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 accumulator that ``codes`` and ``scales`` stand for."""
+    codes = np.asarray(codes)
+    values = TABLE[_padded(codes.reshape(-1))] * scales[:, None]
+    return values.reshape(-1)[:codes.size].reshape(codes.shape)
+
+
+class QuantizedAcc:
+    """An 8-bit accumulator: ``codes`` (uint8 NDArray, the weight's shape) and ``scales``
+    (float32 NDArray, one per block of 256 elements), updated in place. ``dtype`` is the
+    precision the update computes in (float32); ``asnumpy()`` gives the values it stands for.
+    :func:`host_copy` holds numpy arrays instead (for the state files)."""
+
+    __slots__ = ("codes", "scales")
+
+    def __init__(self, codes, scales) -> None:
+        self.codes, self.scales = codes, scales
+
+    @classmethod
+    def full(cls, shape: tuple, value: float, ctx) -> QuantizedAcc:
+        """Every element ``value`` (>= 0): code 255 and scale ``value``, or all zeros."""
+        size = int(np.prod(shape, dtype=np.int64))
+        return cls(nd.full(shape, 255 if value > 0 else 0, ctx, dtype=np.uint8),
+                   nd.full((num_blocks(size),), value, ctx, dtype=np.float32))
+
+    @property
+    def shape(self) -> tuple:
+        """The weight's shape."""
+        return tuple(self.codes.shape)
+
+    @property
+    def dtype(self) -> type:
+        """float32: the precision the accumulator is updated in."""
+        return np.float32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the state holds (:func:`accumulator_bytes`)."""
+        return accumulator_bytes(int(np.prod(self.shape, dtype=np.int64)))
+
+    def asnumpy(self) -> np.ndarray:
+        """The dequantized float32 accumulator."""
+        return dequantize(_numpy(self.codes), _numpy(self.scales))
+
+    def to_nd(self, ctx) -> QuantizedAcc:
+        """This state (numpy or NDArray arrays) as NDArrays on ``ctx``."""
+        return QuantizedAcc(nd.array(self.codes, ctx=ctx, dtype=np.uint8),
+                            nd.array(self.scales, ctx=ctx, dtype=np.float32))
+
+
+def _numpy(array) -> np.ndarray:
+    return array.asnumpy() if isinstance(array, nd.NDArray) else np.asarray(array)
+
+
+def host_copy(acc):
+    """An accumulator's arrays as numpy (a :class:`QuantizedAcc` of numpy arrays for an 8-bit
+    one), for the state files."""
+    if isinstance(acc, QuantizedAcc):
+        return QuantizedAcc(_numpy(acc.codes), _numpy(acc.scales))
+    return acc.asnumpy()
+
+
+def dense(acc) -> nd.NDArray:
+    """The accumulator as an NDArray of its values (dequantized if 8-bit)."""
+    if isinstance(acc, QuantizedAcc):
+        return nd.array(acc.asnumpy(), ctx=acc.codes.context, dtype=np.float32)
+    return acc
+
+
+# -- the update ------------------------------------------------------------------------------
+
+def _touched_blocks(step: Step, size: int) -> np.ndarray:
+    """A boolean per block: whether it holds an element of the step's row_sparse rows."""
+    rows = step.grad.indices.asnumpy().astype(np.int64)
+    row_size = size // step.weight.shape[0] if size else 0
+    touched = np.zeros(num_blocks(size), dtype=bool)
+    if rows.size and row_size:
+        first = rows * row_size // BLOCK
+        last = ((rows + 1) * row_size - 1) // BLOCK
+        for begin, end in zip(first, last, strict=True):
+            touched[begin:end + 1] = True
+    return touched
+
+
+def reference_quantized_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
+    """The readable 8-bit update: per step, dequantize the accumulator, run
+    :func:`~adagrad_gluon.optim.functional.reference_steps` on it (float32), requantize. A
+    row_sparse step writes back only the blocks that hold its rows."""
+    for step in steps:
+        acc = dense(step.acc)
+        reference_steps([step._replace(acc=acc)], options)
+        codes, scales = quantize(acc.asnumpy())
+        if step.row_sparse:
+            touched = _touched_blocks(step, codes.size)
+            elements = np.repeat(touched, BLOCK)[:codes.size].reshape(codes.shape)
+            codes = np.where(elements, codes, step.acc.codes.asnumpy())
+            scales = np.where(touched, scales, step.acc.scales.asnumpy())
+        step.acc.codes[:] = codes
+        step.acc.scales[:] = scales
+
+
+def fused_quantized_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
+    """:func:`reference_quantized_steps` by the C++ operator ``adagrad_gluon_q8_update``,
+    bit-identical to it: the dense steps in one multi-tensor call per kind (float16 weights with
+    master copies apart), the row_sparse ones through the reference."""
+    from . import kernels  # the kernels import the functional reference, as this module does
+
+    groups: dict[bool, list[Step]] = {False: [], True: []}  # by: with master weights?
+    for step in steps:
+        if step.row_sparse:
+            reference_quantized_steps([step], options)
+        else:
+            groups[step.master is not None].append(step)
+    for with_masters, group in groups.items():
+        if not group:
+            continue
+        kernels.load()
+        arrays = [array for s in group for array in
+                  (s.weight, s.grad, s.acc.codes, s.acc.scales)
+                  + ((s.master,) if with_masters else ())]
+        nd.adagrad_gluon_q8_update(
+            *arrays, num_tensors=str(len(group)),
+            lrs=",".join([repr(float(s.lr)) for s in group]),
+            wds=",".join([repr(float(s.wd)) for s in group]),
+            **kernels._attrs(options, with_masters))
+
+
+def run_steps(run: Callable[[Sequence[Step], AdagradOptions], None], steps: Sequence[Step],
+              options: AdagradOptions, fused: bool) -> None:
+    """Run the steps with an 8-bit accumulator through the fused or reference 8-bit update,
+    the others through ``run`` (the optimizer's path)."""
+    plain = [step for step in steps if not isinstance(step.acc, QuantizedAcc)]
+    quantized = [step for step in steps if isinstance(step.acc, QuantizedAcc)]
+    if plain:
+        run(plain, options)
+    if quantized:
+        (fused_quantized_steps if fused else reference_quantized_steps)(quantized, options)
