@@ -14,6 +14,7 @@ from mxnet import gluon, nd
 
 from .checks import State, split_state
 from .optimizer import AdagradScratch
+from .quantized import QuantizedAcc
 
 # -- gluon.Trainer ------------------------------------------------------------------------------
 
@@ -132,12 +133,14 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
-                  master: np.ndarray | None, acc: np.ndarray, count: int) -> None:
+                  master: np.ndarray | None, acc: np.ndarray | QuantizedAcc,
+                  count: int) -> None:
     """Give parameter ``index`` this state (on every context) and this update count."""
     param = trainer._params[index]
     _, updaters = trainer_updaters(trainer)
     for updater, ctx in zip(updaters, param.list_ctx(), strict=False):
-        acc_nd = nd.array(acc, ctx=ctx, dtype=acc.dtype)
+        acc_nd = acc.to_nd(ctx) if isinstance(acc, QuantizedAcc) else nd.array(
+            acc, ctx=ctx, dtype=acc.dtype)
         state = acc_nd if master is None else (nd.array(master, ctx=ctx, dtype=master.dtype),
                                                acc_nd)
         updater.states[index] = state

@@ -13,13 +13,16 @@ import numpy as np
 from ..validation import check_count
 from .npz import Member
 from .optimizer import accumulator_dtype
+from .quantized import check_state_bits, num_blocks
 
 FORMAT = "adagrad_gluon.states"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # the options that decide what the saved numbers mean: a resumed run must share them
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                "weight_decay_mode", "maximize", "multi_precision")
+                "weight_decay_mode", "maximize", "multi_precision", "state_bits")
+# what a file written before an option existed means by its absence
+OPTION_DEFAULTS = {"state_bits": 32}
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 SCALARS = (bool, int, float, str, type(None))
 
@@ -56,6 +59,7 @@ class Entry:
     dtype: str  # the weight's
     update_count: int
     master: bool  # whether a float32 master weight is saved next to the accumulator
+    state_bits: int = 32  # 8: the accumulator is saved as codes/<index> and scales/<index>
 
     @classmethod
     def from_meta(cls, path: Path, raw) -> Entry:
@@ -74,12 +78,24 @@ class Entry:
             raise ValueError(f"{path}: dtype of parameter #{index} must be one of "
                              f"{', '.join(WEIGHT_DTYPES)}, got {raw['dtype']!r:.80}")
         count = check_count(f"{path}: update_count of parameter #{index}", raw["update_count"])
-        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"])
+        try:
+            bits = check_state_bits(raw.get("state_bits", 32))
+        except ValueError as exc:
+            raise ValueError(f"{path}: parameter #{index}: {exc}") from None
+        if bits == 8 and raw["dtype"] == "float64":
+            raise ValueError(f"{path}: parameter #{index} is float64, whose accumulator is "
+                             f"never 8-bit")
+        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"], bits)
 
     def members(self) -> dict[str, Member]:
         """The arrays the entry says the file holds, each of exactly its shape and dtype."""
-        members = {f"acc/{self.index}": _array_member(self.shape,
-                                                      accumulator_dtype(self.dtype))}
+        if self.state_bits == 8:
+            codes = Member("u", math.prod(self.shape), self.shape, np.dtype(np.uint8))
+            members = {f"codes/{self.index}": codes, f"scales/{self.index}": _array_member(
+                (num_blocks(math.prod(self.shape)),), np.float32)}
+        else:
+            members = {f"acc/{self.index}": _array_member(self.shape,
+                                                          accumulator_dtype(self.dtype))}
         if self.master:
             members[f"master/{self.index}"] = _array_member(self.shape, np.float32)
         return members

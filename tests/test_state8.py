@@ -1,0 +1,262 @@
+"""state_bits=8: the 8-bit blockwise accumulator (adagrad_gluon/optim/quantized.py), its fused
+operator, its state files, and the quality of training with it."""
+
+import pickle
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon, nd
+
+import adagrad_gluon as ag
+from adagrad_gluon.optim import quantized as q
+from adagrad_gluon.optim.functional import Step
+from adagrad_gluon.optim.optimizer import AdagradScratch
+from adagrad_gluon.optim.options import AdagradOptions
+
+from .trainers import dense_trainer
+
+
+def _acc(shape, scale=3.0, power=4, seed=13):
+    return (np.random.default_rng(seed).random(shape) ** power * scale).astype(np.float32)
+
+
+# -- the map ---------------------------------------------------------------------------------
+
+def test_layout_is_one_byte_per_element_plus_a_scale_per_block():
+    for n in (1, 255, 256, 257, 10_000_000):
+        assert q.accumulator_bytes(n) == n + 4 * -(-n // 256)
+    for n in (256, 10_000_000, 10_000_001):  # whole blocks, or many of them
+        assert q.accumulator_bytes(n) / n <= 1.02
+    acc = q.QuantizedAcc.full((3, 300), 0.5, mx.cpu())
+    assert acc.codes.dtype == np.uint8 and acc.codes.shape == (3, 300)
+    assert acc.scales.dtype == np.float32 and acc.scales.shape == (4,)
+    np.testing.assert_array_equal(acc.asnumpy(), np.full((3, 300), 0.5, np.float32))
+
+
+def test_positive_values_never_quantize_to_zero_and_the_block_max_is_exact():
+    acc = np.array([1e-30, 1e-12, 0.0, 1e-3, 7.0] + [0.0] * 300, np.float32)
+    codes, scales = q.quantize(acc)
+    back = q.dequantize(codes, scales)
+    assert codes[0] > 0 and codes[1] > 0 and codes[3] > 0  # never the step's blow-up
+    assert back[2] == 0 and back[4] == 7.0
+    tiny = (acc > 0) & (acc < q.TABLE[1] * 7)  # round up to the smallest code, never to 0
+    np.testing.assert_array_equal(back[tiny], q.TABLE[1] * np.float32(7))
+
+
+def test_relative_error_bound_of_the_map():
+    acc = np.geomspace(1e-3, 1.0, 64 * 256).astype(np.float32).reshape(64, 256)
+    acc[:, -1] = 1.0  # every block's absmax is 1: the ratio is the value
+    back = q.dequantize(*q.quantize(acc))
+    ratio = acc.astype(np.float64)
+    error = np.abs(back - ratio) / ratio
+    assert (error <= 1.05 * 1.5 / (255 * np.cbrt(ratio)) + 1e-6).all()
+    assert error[ratio >= 0.9].max() < 0.0066  # 0.6% near the top
+
+
+def test_nan_makes_its_block_nan_and_spares_the_others():
+    acc = np.ones(512, np.float32)
+    acc[3] = np.nan
+    codes, scales = q.quantize(acc)
+    back = q.dequantize(codes, scales)
+    assert np.isnan(back[:256]).all() and (back[256:] == 1).all()
+
+
+# -- reference and fused update --------------------------------------------------------------
+
+def _run(fused, weight_dtype, master, options, shape=(5, 300), steps=4, wd=0.01):
+    rng = np.random.default_rng(0)
+    w = nd.array(rng.standard_normal(shape), dtype=weight_dtype)
+    codes, scales = q.quantize(_acc(shape))
+    acc = q.QuantizedAcc(nd.array(codes, dtype=np.uint8), nd.array(scales))
+    m = w.astype(np.float32) if master else None
+    for t in range(steps):
+        g = nd.array(np.random.default_rng(t).standard_normal(shape) * 2, dtype=weight_dtype)
+        run = q.fused_quantized_steps if fused else q.reference_quantized_steps
+        run([Step(w, g, acc, m, 0.1, wd, False)], options)
+    return [w.asnumpy(), acc.codes.asnumpy(), acc.scales.asnumpy()] + (
+        [m.asnumpy()] if master else [])
+
+
+@pytest.mark.parametrize("options", [
+    AdagradOptions(),
+    AdagradOptions(eps=0.0, eps_placement="outside", weight_decay_mode="l2",
+                   clip_gradient=1.5, rescale_grad=0.5),
+    AdagradOptions(eps=1e-10, weight_decay_mode="decoupled", maximize=True,
+                   initial_accumulator_value=0.1),
+])
+@pytest.mark.parametrize("weight_dtype,master", [(np.float32, False), (np.float16, False),
+                                                 (np.float16, True)])
+def test_fused_8bit_update_is_bit_identical_to_the_reference(options, weight_dtype, master):
+    reference = _run(False, weight_dtype, master, options)
+    fused = _run(True, weight_dtype, master, options)
+    for a, b in zip(reference, fused, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_8bit_multi_tensor_call_is_bit_identical_on_a_large_tensor():
+    # large enough for several threads and pieces, and a partial last block
+    options = AdagradOptions()
+    for shape in ((1000, 333), (7,)):
+        reference = _run(False, np.float32, False, options, shape=shape, steps=2, wd=0.0)
+        fused = _run(True, np.float32, False, options, shape=shape, steps=2, wd=0.0)
+        for a, b in zip(reference, fused, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_8bit_update_dequantizes_runs_the_float32_step_and_requantizes():
+    shape = (2, 300)
+    codes, scales = q.quantize(_acc(shape))
+    w0 = np.ones(shape, np.float32)
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    acc = q.QuantizedAcc(nd.array(codes, dtype=np.uint8), nd.array(scales))
+    w = nd.array(w0)
+    q.fused_quantized_steps([Step(w, nd.array(g), acc, None, 0.1, 0.0, False)],
+                            AdagradOptions())
+    s = q.dequantize(codes, scales) + g * g
+    np.testing.assert_allclose(w.asnumpy(), w0 - 0.1 * g / np.sqrt(s + 1e-6), rtol=1e-6)
+    np.testing.assert_array_equal(acc.asnumpy(), q.dequantize(*q.quantize(s)))
+
+
+def test_row_sparse_8bit_update_is_lazy_per_block():
+    shape = (40, 16)  # 2.5 blocks of 256: rows 0-15, 16-31, 32-39
+    opt = AdagradScratch(learning_rate=0.1, state_bits=8, kernel="reference")
+    w = nd.array(np.random.default_rng(2).standard_normal(shape))
+    state = opt.create_state(0, w)
+    codes, scales = q.quantize(_acc(shape))
+    state.codes[:] = codes
+    state.scales[:] = scales
+    grad = nd.sparse.row_sparse_array((np.ones((1, 16), np.float32), [20]), shape=shape)
+    w_before = w.asnumpy()
+    opt.update(0, w, grad, state)
+    new_codes, new_scales = state.codes.asnumpy(), state.scales.asnumpy()
+    np.testing.assert_array_equal(new_codes[:16], codes[:16])  # untouched blocks bit for bit
+    np.testing.assert_array_equal(new_codes[32:], codes[32:])
+    assert new_scales[0] == scales[0] and new_scales[2] == scales[2]
+    assert not np.array_equal(new_codes[16:32], codes[16:32])
+    changed = np.flatnonzero((w.asnumpy() != w_before).any(axis=1))
+    np.testing.assert_array_equal(changed, [20])
+
+
+def test_optimizer_fused_and_reference_agree_under_a_trainer():
+    results = []
+    for kernel in ("reference", "fused"):
+        mx.random.seed(0)
+        net = gluon.nn.Dense(300, in_units=20)
+        net.initialize(mx.init.Xavier())
+        trainer = gluon.Trainer(net.collect_params(), "adagrad_scratch",
+                                {"learning_rate": 0.1, "state_bits": 8, "kernel": kernel,
+                                 "wd": 1e-3})
+        x = nd.array(np.random.default_rng(3).standard_normal((8, 20)))
+        for _ in range(3):
+            with autograd.record():
+                loss = (net(x) ** 2).mean()
+            loss.backward()
+            trainer.step(8)
+        results.append([p.data().asnumpy() for p in net.collect_params().values()])
+        state = trainer._updaters[0].states[0]
+        assert isinstance(state, q.QuantizedAcc)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- options and bad input -------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [16, 4, 0, "8", 8.0, True, None])
+def test_state_bits_other_than_8_or_32_is_refused(bits):
+    with pytest.raises(ValueError, match="state_bits"):
+        AdagradScratch(state_bits=bits)
+
+
+def test_float64_weights_keep_a_float64_accumulator():
+    opt = AdagradScratch(state_bits=8)
+    state = opt.create_state(0, nd.zeros((3,), dtype=np.float64))
+    assert isinstance(state, nd.NDArray) and state.dtype == np.float64
+
+
+def test_float16_multi_precision_state_is_master_and_8bit_acc():
+    opt = AdagradScratch(state_bits=8, multi_precision=True)
+    master, acc = opt.create_state_multi_precision(0, nd.zeros((3,), dtype=np.float16))
+    assert master.dtype == np.float32 and isinstance(acc, q.QuantizedAcc)
+
+
+def test_a_mismatched_8bit_state_is_refused_naming_the_parameter():
+    opt = AdagradScratch(state_bits=8, kernel="reference")
+    w = nd.zeros((300,))
+    bad = q.QuantizedAcc(nd.zeros((300,), dtype=np.uint8), nd.zeros((1,)))
+    with pytest.raises(ValueError, match="scales"):
+        opt.update(0, w, nd.ones((300,)), bad)
+
+
+def test_nonfinite_skip_works_with_8bit_state():
+    opt = AdagradScratch(state_bits=8, nonfinite="skip", kernel="reference")
+    w = nd.ones((300,))
+    state = opt.create_state(0, w)
+    grad = nd.ones((300,))
+    grad[5] = np.nan
+    opt.update(0, w, grad, state)
+    assert opt.nonfinite_skipped == {0: 1} and (w.asnumpy() == 1).all()
+    assert (state.asnumpy() == 0).all()
+
+
+def test_effective_lr_reads_the_8bit_accumulator():
+    opt = AdagradScratch(learning_rate=0.5, state_bits=8, eps=0.0)
+    state = q.QuantizedAcc.full((4,), 4.0, mx.cpu())
+    np.testing.assert_allclose(opt.effective_lr(0, state).asnumpy(), 0.25)
+
+
+# -- state files -----------------------------------------------------------------------------
+
+def _eight_bit_trainer(prefix, step=True, bits=8):
+    trainer = dense_trainer(prefix, step=False)
+    trainer._optimizer.state_bits = bits
+    if step:
+        params = list(trainer._params)
+        with autograd.record():
+            loss = sum(p.data().sum() ** 2 for p in params)
+        loss.backward()
+        trainer.step(1)
+    return trainer
+
+
+def _states(trainer):
+    return {i: (s.codes.asnumpy(), s.scales.asnumpy()) if isinstance(s, q.QuantizedAcc)
+            else s.asnumpy() for i, s in trainer._updaters[0].states.items()}
+
+
+def test_8bit_states_round_trip_through_the_safe_state_file(tmp_path):
+    trainer = _eight_bit_trainer("a_")
+    path = tmp_path / "s.npz"
+    ag.save_states(trainer, path)
+    names = set(np.load(path).files)
+    assert {"codes/0", "scales/0", "codes/1", "scales/1"} <= names and "acc/0" not in names
+    fresh = _eight_bit_trainer("a_", step=False)
+    ag.load_states(fresh, path)
+    saved, loaded = _states(trainer), _states(fresh)
+    for index in saved:
+        for a, b in zip(saved[index], loaded[index], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_under_other_state_bits_is_refused(tmp_path):
+    path = tmp_path / "s.npz"
+    ag.save_states(_eight_bit_trainer("b_"), path)
+    with pytest.raises(ValueError, match="state_bits"):
+        ag.load_states(_eight_bit_trainer("b_", step=False, bits=32), path)
+    path32 = tmp_path / "s32.npz"
+    ag.save_states(_eight_bit_trainer("b_", bits=32), path32)
+    with pytest.raises(ValueError, match="state_bits"):
+        ag.load_states(_eight_bit_trainer("b_", step=False), path32)
+
+
+def test_8bit_states_round_trip_through_trainer_save_states(tmp_path):
+    trainer = _eight_bit_trainer("c_")
+    path = str(tmp_path / "t.states")
+    trainer.save_states(path)
+    fresh = _eight_bit_trainer("c_", step=False)
+    fresh.load_states(path)
+    saved, loaded = _states(trainer), _states(fresh)
+    for index in saved:
+        for a, b in zip(saved[index], loaded[index], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert pickle.loads(pickle.dumps(fresh._optimizer)).state_bits == 8
