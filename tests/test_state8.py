@@ -2,6 +2,8 @@
 operator, its state files, and the quality of training with it."""
 
 import pickle
+import sys
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -260,3 +262,17 @@ def test_8bit_states_round_trip_through_trainer_save_states(tmp_path):
         for a, b in zip(saved[index], loaded[index], strict=True):
             np.testing.assert_array_equal(a, b)
     assert pickle.loads(pickle.dumps(fresh._optimizer)).state_bits == 8
+
+
+# -- quality ---------------------------------------------------------------------------------
+
+def test_8bit_final_loss_is_within_1_percent_of_float32_over_5_seeds():
+    """benchmarks/quality_state8.py, cheaper: 1 epoch of the chapter's airfoil run and 150
+    steps of the sparse embedding task, seeds 0-4."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import quality_state8
+
+    rows = quality_state8.compare(quality_state8.airfoil_loss, range(5), epochs=1)
+    rows += quality_state8.compare(quality_state8.sparse_loss, range(5), steps=150)
+    for seed, full, eight, diff in rows:
+        assert np.isfinite(eight) and diff <= 0.01, (seed, full, eight)
