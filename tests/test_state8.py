@@ -56,6 +56,12 @@ def test_relative_error_bound_of_the_map():
     assert error[ratio >= 0.9].max() < 0.0066  # 0.6% near the top
 
 
+def test_no_16_bit_bucket_of_floats_holds_two_midpoints():
+    # the kernel counts the midpoints below a ratio from its top 16 bits plus one comparison
+    buckets = q.MIDPOINTS[1:255].view(np.uint32) >> 16
+    assert len(set(buckets.tolist())) == 254
+
+
 def test_nan_makes_its_block_nan_and_spares_the_others():
     acc = np.ones(512, np.float32)
     acc[3] = np.nan

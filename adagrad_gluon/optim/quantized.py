@@ -32,7 +32,8 @@ the same three float32 operations, and the codes are bit-identical.
 
 One step on a block: dequantize (``TABLE[code] * scale``, float32), run the elementwise float32
 update of :func:`~adagrad_gluon.optim.functional.adagrad_update` on it, take the new absmax as
-the scale and requantize (``ratio = s / scale`` in float32, the code by the float32 midpoints).
+the scale (the largest bit pattern: the largest value, or a NaN) and requantize
+(``ratio = s / scale`` in float32, the code by the float32 midpoints).
 A NaN or infinity in a block's accumulator (``nonfinite='propagate'``) makes the block's scale,
 and so its accumulator, NaN. ``row_sparse`` gradients are updated lazily per block: the blocks
 holding none of the gradient's rows keep their codes and scales bit for bit (the fused path
@@ -101,7 +102,8 @@ def quantize(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale (the absmax) per block, by the module's map."""
     acc = np.asarray(acc, dtype=np.float32)
     blocks = _padded(acc.reshape(-1))
-    scales = blocks.max(axis=1) if blocks.size else np.zeros(0, np.float32)
+    # the largest bit pattern: for values >= 0 the largest value, and a NaN beats them all
+    scales = blocks.view(np.uint32).max(axis=1, initial=0).view(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = blocks / scales[:, None]
     codes = np.searchsorted(MIDPOINTS, ratio, side="left")  # how many midpoints are < ratio
@@ -131,6 +133,7 @@ class QuantizedAcc:
     def full(cls, shape: tuple, value: float, ctx) -> QuantizedAcc:
         """Every element ``value`` (>= 0): code 255 and scale ``value``, or all zeros."""
         size = int(np.prod(shape, dtype=np.int64))
+        value = value if value > 0 else 0.0  # never -0.0: its bits would beat every value
         return cls(nd.full(shape, 255 if value > 0 else 0, ctx, dtype=np.uint8),
                    nd.full((num_blocks(size),), value, ctx, dtype=np.float32))
 
