@@ -224,6 +224,8 @@ def _eight_bit_trainer(prefix, step=True, bits=8):
             loss = sum(p.data().sum() ** 2 for p in params)
         loss.backward()
         trainer.step(1)
+        kinds = {type(state) for state in trainer._updaters[0].states.values()}
+        assert kinds == ({q.QuantizedAcc} if bits == 8 else {nd.NDArray})
     return trainer
 
 
