@@ -284,3 +284,15 @@ def test_8bit_final_loss_is_within_1_percent_of_float32_over_5_seeds():
     rows += quality_state8.compare(quality_state8.sparse_loss, range(5), steps=150)
     for seed, full, eight, diff in rows:
         assert np.isfinite(eight) and diff <= 0.01, (seed, full, eight)
+
+
+def test_a_torch_state_dict_loads_into_an_8bit_trainer_quantized():
+    pytest.importorskip("torch")
+    source = _eight_bit_trainer("d_", bits=32)
+    exported = ag.to_torch_state_dict(source)
+    fresh = _eight_bit_trainer("d_", step=False)
+    ag.load_torch_state_dict(fresh, exported)
+    for index, state in fresh._updaters[0].states.items():
+        assert isinstance(state, q.QuantizedAcc)
+        expected = source._updaters[0].states[index].asnumpy()
+        np.testing.assert_array_equal(state.asnumpy(), q.dequantize(*q.quantize(expected)))

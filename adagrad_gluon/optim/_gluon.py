@@ -14,7 +14,7 @@ from mxnet import gluon, nd
 
 from .checks import State, split_state
 from .optimizer import AdagradScratch
-from .quantized import QuantizedAcc
+from .quantized import QuantizedAcc, quantize
 
 # -- gluon.Trainer ------------------------------------------------------------------------------
 
@@ -138,6 +138,8 @@ def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
     """Give parameter ``index`` this state (on every context) and this update count."""
     param = trainer._params[index]
     _, updaters = trainer_updaters(trainer)
+    if optimizer.state_bits == 8 and isinstance(acc, np.ndarray) and acc.dtype == np.float32:
+        acc = QuantizedAcc(*quantize(acc))  # float32 sums (PyTorch's) into an 8-bit trainer
     for updater, ctx in zip(updaters, param.list_ctx(), strict=False):
         acc_nd = acc.to_nd(ctx) if isinstance(acc, QuantizedAcc) else nd.array(
             acc, ctx=ctx, dtype=acc.dtype)
