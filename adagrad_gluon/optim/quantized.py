@@ -114,7 +114,8 @@ def quantize(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantize(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The float32 accumulator that ``codes`` and ``scales`` stand for."""
     codes = np.asarray(codes)
-    values = TABLE[_padded(codes.reshape(-1))] * scales[:, None]
+    with np.errstate(invalid="ignore"):  # 0 * inf: a block whose scale is infinite is NaN
+        values = TABLE[_padded(codes.reshape(-1))] * scales[:, None]
     return values.reshape(-1)[:codes.size].reshape(codes.shape)
 
 
