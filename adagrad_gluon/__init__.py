@@ -21,12 +21,18 @@ from .d2l.chapter import (  # noqa: E402
 )
 from .d2l.data import DataFileError, get_data_ch10, load_array  # noqa: E402
 from .d2l.training import TrainResult, train_ch10, train_concise_ch10  # noqa: E402
+from .optim._gluon import apply_pending_decay  # noqa: E402
+from .optim.flat import FlatParameters, flatten_parameters  # noqa: E402
 from .optim.optimizer import AdagradScratch, register  # noqa: E402
 from .optim.state import (  # noqa: E402
     load_states,
     load_torch_state_dict,
     save_states,
     to_torch_state_dict,
+)
+from .optim.torch_interop import (  # noqa: E402
+    load_fbgemm_optimizer_states,
+    to_fbgemm_optimizer_states,
 )
 
 register()
@@ -43,9 +49,11 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdagradScratch", "register", "__version__",
+    "AdagradScratch", "register", "apply_pending_decay", "__version__", "flatten_parameters",
+    "FlatParameters",
     "f_2d", "adagrad_2d", "train_2d", "format_2d", "init_adagrad_states", "adagrad",
     "get_data_ch10", "load_array", "DataFileError",
     "train_ch10", "train_concise_ch10", "TrainResult",
     "save_states", "load_states", "to_torch_state_dict", "load_torch_state_dict",
+    "to_fbgemm_optimizer_states", "load_fbgemm_optimizer_states",
 ]

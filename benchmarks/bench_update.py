@@ -21,6 +21,15 @@ fraction of the bound's bandwidth (its time / the method's time), with the threa
     python benchmarks/bench_update.py [--repeats 7] [--cases 1x10M,1000x1k] [--threads N]
     python benchmarks/bench_update.py --readme    # ... and write its table into README.md
 
+Two more regimes, each in its own interleaved loop (``--regimes``, default all three):
+
+* ``trainer``: a whole ``gluon.Trainer.step`` on 1000x1k and on 1x1M (the same 1M elements),
+  ``adagrad_scratch`` fused (as is, and with :func:`adagrad_gluon.flatten_parameters`) and the
+  built-in ``adagrad``; printed with the ratio 1000x1k / 1x1M of each. Marking the gradients
+  fresh (what ``backward`` does) runs before each step, outside the time.
+* ``perkey``: the calls a parameter server makes, one ``updater(key, grad, weight)`` per key
+  (no lists), on 1000x1k and 1000x10: ``adagrad_scratch`` fused against the built-in.
+
 Not a test: numbers depend on the machine and its load.
 """
 
@@ -32,6 +41,7 @@ import os
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,10 +49,10 @@ from pathlib import Path
 
 import mxnet as mx
 import numpy as np
-from mxnet import nd
+from mxnet import gluon, nd
 from readme_tables import README, markdown_table, provenance, write_section
 
-import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
+import adagrad_gluon  # registers adagrad_scratch
 from adagrad_gluon.optim import kernels
 from adagrad_gluon.optim.kernels import build_module
 
@@ -52,6 +62,10 @@ LR = 0.01
 FUSED = "adagrad_scratch fused multi-tensor"
 BOUND = "streaming bound (read w,g,s; write w,s)"
 BOUND_SOURCE = Path(__file__).resolve().parent / "stream_bound.cc"
+TRAINER_CASES = {"1000x1k": (1000, 1000), "1x1M": (1, 1_000_000)}
+PERKEY_CASES = {"1000x1k": (1000, 1000), "1000x10": (1000, 10)}
+REGIMES = ("update", "trainer", "perkey")
+IDLE_SECONDS = 0.002
 BYTES_PER_ELEMENT = 20  # fused float32 Adagrad: read w, g, s; write w, s (4 B each)
 
 Step = Callable[[], None]
@@ -95,6 +109,55 @@ def builtin(name: str) -> Callable[[int, int], Step]:
     return make
 
 
+def per_key(name: str, **options) -> Callable[[int, int], Step]:
+    """``name`` stepped as a parameter server steps it: one ``updater(key, grad, weight)``
+    call per key, with ``aggregate_num = 0`` (no lists)."""
+    def make(count: int, size: int) -> Step:
+        optimizer = mx.optimizer.create(name, learning_rate=LR, **options)
+        optimizer.aggregate_num = 0
+        weights, grads = ([nd.array(a) for a in arrays] for arrays in _arrays(count, size))
+        updater = mx.optimizer.get_updater(optimizer)
+        keys = list(zip(range(count), grads, weights, strict=True))
+
+        def step() -> None:
+            for key, grad, weight in keys:
+                updater(key, grad, weight)
+
+        return step
+
+    return make
+
+
+def trainer(name: str, flat: bool = False, **options) -> Callable[[int, int], Step]:
+    """One ``gluon.Trainer.step`` of ``name`` on ``count`` parameters (``flat``: laid out by
+    :func:`adagrad_gluon.flatten_parameters`). Its ``prepare`` (untimed) marks every gradient
+    fresh, as ``backward`` would."""
+    def make(count: int, size: int) -> Step:
+        weights, grads = _arrays(count, size)
+        params = gluon.ParameterDict()
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+            param = params.get(f"p{i}", shape=(size,))
+            param.initialize(mx.init.Constant(nd.array(w)))
+            param.grad()[:] = g
+        members = list(params.values())
+        if flat:
+            params = adagrad_gluon.flatten_parameters(params).params
+        trainer = gluon.Trainer(params, name, {"learning_rate": LR, **options})
+        weights = [param.data() for param in members]  # after flattening: the views
+
+        def step() -> None:
+            trainer.step(1)
+
+        def prepare() -> None:
+            for weight in weights:
+                weight._fresh_grad = True
+
+        step.prepare = prepare
+        return step
+
+    return make
+
+
 def torch_adagrad(threads: int, **options) -> Callable[[int, int], Step]:
     def make(count: int, size: int) -> Step:
         import torch
@@ -114,16 +177,22 @@ def torch_adagrad(threads: int, **options) -> Callable[[int, int], Step]:
     return make
 
 
-def build_bound(directory: str) -> Callable:
-    """Compile ``stream_bound.cc`` into ``directory`` with the fused kernels' compiler and
-    flags; return its ``stream_bound`` function (loaded with ctypes)."""
-    output = Path(directory) / "libstream_bound.so"
-    command = [*shlex.split(build_module.compiler()), *build_module.CXXFLAGS, str(BOUND_SOURCE),
+def compile_library(source: Path, directory: str) -> ctypes.CDLL:
+    """Compile ``source`` into ``directory`` with the fused kernels' compiler and flags;
+    return the library, loaded with ctypes."""
+    output = Path(directory) / f"lib{source.stem}.so"
+    command = [*shlex.split(build_module.compiler()), *build_module.CXXFLAGS, str(source),
                "-o", str(output)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr}")
-    function = ctypes.CDLL(str(output)).stream_bound
+    return ctypes.CDLL(str(output))
+
+
+def build_bound(directory: str) -> Callable:
+    """Compile ``stream_bound.cc`` into ``directory`` (see :func:`compile_library`); return
+    its ``stream_bound`` function."""
+    function = compile_library(BOUND_SOURCE, directory).stream_bound
     pointer = ctypes.POINTER(ctypes.c_float)
     function.argtypes = [pointer, pointer, pointer, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
     function.restype = None
@@ -166,22 +235,36 @@ def measure(steps: dict[str, Step], repeats: int, target_seconds: float) -> dict
     """Seconds per step of each method, one list entry per repeat, methods interleaved."""
     per_repeat = {}
     for name, step in steps.items():  # warm up, and size each repeat to ~target_seconds
-        step()
-        nd.waitall()
-        start = time.perf_counter()
-        step()
-        nd.waitall()
-        per_repeat[name] = max(1, min(50, int(target_seconds / (time.perf_counter() - start))))
+        _seconds_per_step(step, 1)
+        per_repeat[name] = max(1, min(50, int(target_seconds / _seconds_per_step(step, 1))))
     times: dict[str, list] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            n = per_repeat[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            nd.waitall()
-            times[name].append((time.perf_counter() - start) / n)
+            times[name].append(_seconds_per_step(step, per_repeat[name]))
     return times
+
+
+def _seconds_per_step(step: Step, n: int) -> float:
+    """The mean time of ``n`` calls of ``step``; a step with a ``prepare`` runs it (untimed)
+    before each call, then pauses ``IDLE_SECONDS``: whatever ``prepare`` costs, every step
+    starts from the same idle engine and OpenMP threads, as after a backward pass."""
+    prepare = getattr(step, "prepare", None)
+    if prepare is None:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        nd.waitall()
+        return (time.perf_counter() - start) / n
+    elapsed = 0.0
+    for _ in range(n):
+        prepare()
+        nd.waitall()
+        time.sleep(IDLE_SECONDS)
+        start = time.perf_counter()
+        step()
+        nd.waitall()
+        elapsed += time.perf_counter() - start
+    return elapsed / n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                              "default: kernels.num_threads()")
     parser.add_argument("--seconds", type=float, default=0.15,
                         help="target duration of one repeat of one method")
+    parser.add_argument("--regimes", default=",".join(REGIMES),
+                        help=f"comma-separated, from {', '.join(REGIMES)}")
     parser.add_argument("--readme", nargs="?", const=README, type=Path,
                         help="write the table into this README (default: the repository's)")
     args = parser.parse_args(argv)
@@ -214,18 +299,78 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} usable by this process; "
           f"bound: {BOUND_SOURCE.name} built with "
           f"{shlex.join([build_module.compiler(), *build_module.CXXFLAGS])}, {threads} threads")
-    results = {}
-    for case in args.cases.split(","):
-        count, size = CASES[case]
-        makers = {**methods(torch_threads), BOUND: bound}
-        steps = {name: make(count, size) for name, make in makers.items()}
-        results[case] = report(case, measure(steps, args.repeats, args.seconds), args.repeats)
-        del steps
+    regimes = args.regimes.split(",")
+    tables = []
+    if "update" in regimes:
+        results = {}
+        for case in args.cases.split(","):
+            count, size = CASES[case]
+            makers = {**methods(torch_threads), BOUND: bound}
+            steps = {name: make(count, size) for name, make in makers.items()}
+            results[case] = report(case, measure(steps, args.repeats, args.seconds),
+                                   args.repeats)
+            del steps
+        tables.append(readme_table(results))
+    for regime, (cases, chosen, baseline) in SIDE_BY_SIDE.items():
+        if regime in regimes:
+            best = side_by_side(regime, cases, chosen, args.repeats, args.seconds)
+            tables.append(side_by_side_table(regime, cases, best, baseline))
     if args.readme:
-        command = "python benchmarks/bench_update.py --readme"
+        command = shlex.join(["python", "benchmarks/bench_update.py",
+                              *(sys.argv[1:] if argv is None else argv)])
         write_section("benchmarks/bench_update.py", "\n\n".join(
-            [readme_table(results), provenance(command, threads)]), args.readme)
-        print(f"\nwrote the table into {args.readme}")
+            [*tables, provenance(command, threads)]), args.readme)
+        print(f"\nwrote the tables into {args.readme}")
+
+
+# regime: its cases, its methods, and the method the others are compared with
+SIDE_BY_SIDE = {
+    "trainer": (TRAINER_CASES, {
+        "adagrad_scratch fused": trainer("adagrad_scratch", kernel="fused"),
+        "adagrad_scratch fused, flat layout": trainer("adagrad_scratch", flat=True,
+                                                      kernel="fused"),
+        "mxnet adagrad (built-in)": trainer("adagrad")}, "adagrad_scratch fused"),
+    "perkey": (PERKEY_CASES, {
+        "adagrad_scratch fused": per_key("adagrad_scratch", kernel="fused"),
+        "mxnet adagrad (built-in)": per_key("adagrad")}, "adagrad_scratch fused"),
+}
+REGIME_TITLES = {"trainer": "one gluon.Trainer.step",
+                 "perkey": "per-key updater calls (as a parameter server makes them)"}
+
+
+def side_by_side(regime: str, cases: dict, chosen: dict, repeats: int,
+                 seconds: float) -> dict[tuple[str, str], float]:
+    """Every (case, method) of ``regime`` in one interleaved loop; print each one's min and
+    median time per step, then per method the ratio of each case to the first one and per
+    case each method's ratio to the first method. Return the minimum times."""
+    steps = {(case, name): make(*shape) for case, shape in cases.items()
+             for name, make in chosen.items()}
+    times = measure(steps, repeats, seconds)
+    best = {key: min(t) for key, t in times.items()}
+    print(f"\n{REGIME_TITLES[regime]}, min / median of {repeats} repeats")
+    for (case, name), t in times.items():
+        print(f"  {case:8} {name:38} {best[case, name] * 1e3:9.3f} "
+              f"{statistics.median(t) * 1e3:9.3f} ms")
+    first, *others = cases
+    for name in chosen:
+        for case in others:
+            print(f"  {name}: {first} takes {best[first, name] / best[case, name]:.2f}x "
+                  f"the time of {case}")
+    return best
+
+
+def side_by_side_table(regime: str, cases: dict, best: dict, baseline: str) -> str:
+    """A README table of one side-by-side regime: per case, each method's time and its ratio
+    to ``baseline`` (>1: slower)."""
+    names = list(dict.fromkeys(name for _, name in best))
+    rows = [[case.replace("x", "×"),
+             *[f"{best[case, n] * 1e3:.2f} ms ({best[case, n] / best[case, baseline]:.2f}×)"
+               for n in names]] for case in cases]
+    first, *others = [case.replace("x", "×") for case in cases]
+    keys = list(cases)
+    rows += [[f"{first} / {other}", *[f"{best[keys[0], n] / best[case, n]:.2f}×" for n in names]]
+             for other, case in zip(others, keys[1:], strict=True)]
+    return f"{REGIME_TITLES[regime]}:\n\n" + markdown_table(["parameters", *names], rows)
 
 
 # the README's columns: its heading, the method

@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from adagrad_gluon.optim.atomic import atomic_write
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -45,4 +47,5 @@ def write_section(name: str, text: str, readme: Path = README) -> None:
     if start < 0 or stop < start:
         raise ValueError(f"{readme} has no section {begin} ... {end} to write into")
     start += len(begin)
-    readme.write_text(content[:start] + "\n" + text.strip() + "\n" + content[stop:])
+    data = (content[:start] + "\n" + text.strip() + "\n" + content[stop:]).encode()
+    atomic_write(readme, lambda file: file.write(data))

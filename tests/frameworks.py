@@ -62,6 +62,32 @@ def optax(w, g, s, t, *, lr, eps=1e-7, wd=0.0):
     return w - lr * u, s
 
 
+def _row_mean(x):
+    """The mean over everything after axis 0, kept as a column for broadcasting."""
+    return x.reshape(x.shape[0], -1).mean(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def groupadagrad(w, g, s, t, *, lr, eps=1e-5):
+    """MXNet 1.9 ``mx.optimizer.contrib.GroupAdaGrad`` (no weight decay; ``s`` per row):
+    ``history += mean(square(grad), axis=1, keepdims=True);
+    weight -= lr * grad / sqrt(history + float_stable_eps)``."""
+    s = s + _row_mean(g**2).reshape(s.shape)
+    return w - lr * g / np.sqrt(s + eps).reshape(_row_mean(g).shape), s
+
+
+def fbgemm(w, g, s, t, *, lr, eps=1e-8, wd=0.0, weight_decay_mode="l2"):
+    """FBGEMM ``EXACT_ROWWISE_ADAGRAD`` (``s`` per row, ``momentum1``): with
+    ``WeightDecayMode.L2`` ``g += wd * w`` enters the sum of squares; ``s += sum(g**2) / D``;
+    ``multiplier = lr / (sqrt(s) + eps)``; ``correction = 1 - multiplier * wd`` (L2) or
+    ``1 - lr * wd`` (DECOUPLED); ``w = correction * w - multiplier * grad``."""
+    sq_source = g + wd * w if weight_decay_mode == "l2" else g
+    s = s + _row_mean(sq_source**2).reshape(s.shape)
+    multiplier = (lr / (np.sqrt(s) + eps)).reshape(_row_mean(g).shape)
+    correction = 1 - multiplier * wd if weight_decay_mode == "l2" else 1 - lr * wd
+    return correction * w - multiplier * g, s
+
+
 FRAMEWORKS = {"d2l": d2l, "mxnet1": mxnet1, "mxnet2": mxnet2, "pytorch": pytorch,
-              "keras": keras, "optax": optax}
+              "keras": keras, "optax": optax, "groupadagrad": groupadagrad, "fbgemm": fbgemm}
 INITIAL_ACCUMULATOR = {"keras": 0.1, "optax": 0.1}
+ROWWISE = ("groupadagrad", "fbgemm")  # one accumulator per row

@@ -29,6 +29,33 @@ def adagrad_reference(w, g, s, *, lr, wd=0.0, eps=1e-6, rescale_grad=1.0, clip_g
     return w, s
 
 
+def rowwise_adagrad_reference(w, g, s, *, lr, wd=0.0, eps=1e-6, rescale_grad=1.0,
+                              clip_gradient=None, eps_placement="inside",
+                              weight_decay_mode="step", maximize=False):
+    """One row-wise step in float64 (``s`` of shape ``(rows,)``: ``s_r += mean_j(g_rj^2)``,
+    every coordinate of row ``r`` divided by its row's denominator); returns ``(w, s)``."""
+    w, g, s = (np.asarray(a, dtype=np.float64) for a in (w, g, s))
+    g = g * rescale_grad
+    if clip_gradient is not None:
+        g = np.clip(g, -clip_gradient, clip_gradient)
+    if maximize:
+        g = -g
+    if weight_decay_mode == "l2":
+        g = g + wd * w
+    s = s + (g * g).reshape(len(s), -1).mean(axis=1)
+    column = (-1,) + (1,) * (w.ndim - 1)
+    denom = (np.sqrt(s + eps) if eps_placement == "inside" else np.sqrt(s) + eps).reshape(column)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(s.reshape(column) > 0, g / denom, 0.0)
+    if weight_decay_mode == "step":
+        w = w - lr * (d + wd * w)
+    elif weight_decay_mode == "decoupled":
+        w = w - lr * wd * w - lr * d
+    else:
+        w = w - lr * d
+    return w, s
+
+
 def relative_error(actual, expected) -> float:
     """max |actual - expected| / max |expected|: the error relative to the tensor's scale."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)

@@ -68,12 +68,13 @@ def assert_all_gone(output: str) -> None:
         assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) is still there"
 
 
-def run_job(*example_args: str, kvstore: str = "dist_sync", servers: int = 1) -> str:
-    """Run the example as ``WORKERS`` workers; return the job's output."""
+def run_job(*example_args: str, kvstore: str = "dist_sync", servers: int = 1,
+            example: Path = EXAMPLE) -> str:
+    """Run ``example`` as ``WORKERS`` workers; return the job's output."""
     out = io.StringIO()
     try:
         # a generous grace: servers exit a moment after the workers, later on a busy machine
-        launch([PYTHON, str(EXAMPLE), "--batch-size", str(BATCH), *example_args], WORKERS,
+        launch([PYTHON, str(example), "--batch-size", str(BATCH), *example_args], WORKERS,
                servers, kvstore=kvstore, timeout=JOB_TIMEOUT, grace=30, out=out)
     except LaunchError as exc:
         pytest.fail(f"{exc}\n{out.getvalue()}")
@@ -138,12 +139,14 @@ def test_dist_async_runs_and_converges(tmp_path, single):
 README_JOB_TIMEOUT = 180  # seconds: only a safety net; the command has no --timeout of its own
 
 
-def readme_launch_line() -> str:
-    """The ``adagrad-gluon launch`` line of the README's "Distributed training" section."""
+def readme_launch_line(example: str = EXAMPLE.name) -> str:
+    """The ``adagrad-gluon launch`` line of ``example`` in the README's "Distributed training"
+    section."""
     section = (ROOT / "README.md").read_text().split("## Distributed training", 1)[1]
-    block = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)[0]
-    lines = [line for line in block.splitlines() if line.startswith("adagrad-gluon launch ")]
-    assert len(lines) == 1, block
+    blocks = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    lines = [line for block in blocks for line in block.splitlines()
+             if line.startswith("adagrad-gluon launch ") and example in line]
+    assert len(lines) == 1, blocks
     return lines[0]
 
 

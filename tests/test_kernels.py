@@ -2,6 +2,7 @@
 bit over the option grid, directly, in multi-tensor calls and through ``gluon.Trainer``; then
 choosing the path, falling back without a compiler, building once and loading once."""
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -69,7 +70,7 @@ def _run(update, dtype, shape=(9, 7), steps=4, seed=0, lr=0.3, **options):
     reference's or the kernels' shared signature); returns ``(w, s)``."""
     wd, options = _split(options)
     w = nd.array(np.random.default_rng(seed + 100).normal(size=shape), dtype=dtype)
-    s = nd.zeros(shape, dtype=dtype)
+    s = nd.zeros(shape[:1] if options.rowwise else shape, dtype=dtype)
     for g in _gradients(shape, steps, seed, dtype):
         update([Step(w, nd.array(g, dtype=dtype), s, None, lr, wd, False)], options)
     return w.asnumpy(), s.asnumpy()
@@ -77,11 +78,12 @@ def _run(update, dtype, shape=(9, 7), steps=4, seed=0, lr=0.3, **options):
 
 # -- the kernels alone ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("options", OPTION_GRID, ids=str)
-def test_fused_update_is_bit_identical_to_the_reference(options, dtype):
-    expected = _run(reference_steps, dtype, lr=0.3, **options)
-    actual = _run(kernels.fused_steps, dtype, lr=0.3, **options)
+def test_fused_update_is_bit_identical_to_the_reference(options, dtype, rowwise):
+    expected = _run(reference_steps, dtype, lr=0.3, rowwise=rowwise, **options)
+    actual = _run(kernels.fused_steps, dtype, lr=0.3, rowwise=rowwise, **options)
     for a, e in zip(actual, expected, strict=True):
         assert_bits_equal(a, e)
 
@@ -129,19 +131,22 @@ def _mixed_steps(t, lr):
             for k, (dtype, master, row_sparse) in enumerate(kinds)]
 
 
+@pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("options", OPTION_GRID, ids=str)
-def test_one_call_of_mixed_steps_is_bit_identical_on_every_combination(options):
+def test_one_call_of_mixed_steps_is_bit_identical_on_every_combination(options, rowwise):
     """The shared signature: the same list of steps (every dtype, with and without masters,
     dense and row_sparse, each its own lr and wd) and the same options, given once to the
-    reference and once to the kernels, give the same bits."""
+    reference and once to the kernels, give the same bits; elementwise and row-wise."""
     _, options = _split(options)
+    options = dataclasses.replace(options, rowwise=rowwise)
     shape, results = (6, 5), []
     for update in (reference_steps, kernels.fused_steps):
         rng = np.random.default_rng(4)
         arrays = []
         for dtype, master, _, _, _ in _mixed_steps(0, 0.3):
             w = nd.array(rng.normal(size=shape), dtype=dtype)
-            acc = nd.zeros(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+            acc = nd.zeros(shape[:1] if rowwise else shape,
+                           dtype=np.float64 if dtype == np.float64 else np.float32)
             arrays.append((w, acc, w.astype(np.float32) if master else None))
         for t in range(3):
             steps = []
@@ -201,6 +206,33 @@ def test_row_sparse_update_is_bit_identical_to_the_reference(options, dtype):
         for t, rows in enumerate(([0, 3, 4], [3, 7], [1, 2, 3, 4, 5, 6])):
             update([Step(w, _row_sparse(rows, 5, 8, dtype, seed=t), s, None, 0.3, wd, True)],
                    options)
+        results.append((w.asnumpy(), s.asnumpy()))
+    for actual, expected in zip(results[1], results[0], strict=True):
+        assert_bits_equal(actual, expected)
+
+
+@pytest.mark.parametrize("row_sparse", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", OPTION_GRID[::7], ids=str)
+def test_rowwise_long_rows_are_bit_identical_to_the_reference(options, dtype, row_sparse):
+    """Rows of 1000 elements of magnitudes from 1e-4 to 1e4, where the order and compensation
+    of the row sums show, on a table large enough for several threads."""
+    shape = (90, 1000)
+    rng = np.random.default_rng(11)
+    w0 = rng.normal(size=shape).astype(dtype)
+    wd, options = _split(options)
+    options = dataclasses.replace(options, rowwise=True)
+    results = []
+    for update in (reference_steps, kernels.fused_steps):
+        w, s = nd.array(w0, dtype=dtype), nd.zeros(shape[:1], dtype=dtype)
+        for t in range(3):
+            g = (np.random.default_rng(t).normal(size=shape)
+                 * 10.0 ** np.random.default_rng(t + 9).uniform(-4, 4, size=shape))
+            rows = np.arange(t, 90, 2)
+            grad = (nd.sparse.row_sparse_array((g[rows].astype(dtype), rows), shape=shape,
+                                               dtype=dtype)
+                    if row_sparse else nd.array(g, dtype=dtype))
+            update([Step(w, grad, s, None, 0.3, wd, row_sparse)], options)
         results.append((w.asnumpy(), s.asnumpy()))
     for actual, expected in zip(results[1], results[0], strict=True):
         assert_bits_equal(actual, expected)

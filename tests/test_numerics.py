@@ -34,7 +34,8 @@ def _run_preset(compat, w0, grads, **options):
 
 def _framework_run(compat, w0, grads, **options):
     w = w0.astype(np.float64)
-    s = np.full(w0.shape, frameworks.INITIAL_ACCUMULATOR.get(compat, 0.0))
+    shape = w0.shape[:1] if compat in frameworks.ROWWISE else w0.shape
+    s = np.full(shape, frameworks.INITIAL_ACCUMULATOR.get(compat, 0.0))
     history = []
     for t, g in enumerate(grads, start=1):
         w, s = frameworks.FRAMEWORKS[compat](w, g.astype(np.float64), s, t, **options)
@@ -49,6 +50,8 @@ PRESET_CASES = {
     "pytorch": dict(lr=0.3, wd=0.02, lr_decay=0.05),
     "keras": dict(lr=0.3, wd=0.02),
     "optax": dict(lr=0.3, wd=0.02),
+    "groupadagrad": dict(lr=0.3),
+    "fbgemm": dict(lr=0.3, wd=0.02),
 }
 
 
@@ -79,7 +82,7 @@ def test_presets_match_their_frameworks_formulas():
     worst = preset_parity()
     print("\nworst relative difference per preset, 30 steps:")
     for compat, diff in worst.items():
-        print(f"  {compat:8s} {diff:.2e}")
+        print(f"  {compat:12s} {diff:.2e}")
     assert set(worst) == set(PRESETS)
     for compat, diff in worst.items():
         assert diff <= 1e-5, compat
@@ -99,7 +102,8 @@ def test_preset_defaults_and_explicit_arguments_win():
 
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(ValueError, match="compat must be one of 'd2l', 'mxnet1', 'mxnet2', "
-                                         "'pytorch', 'keras', 'optax'; got 'jax'"):
+                                         "'pytorch', 'keras', 'optax', 'groupadagrad', "
+                                         "'fbgemm'; got 'jax'"):
         AdagradScratch(compat="jax")
 
 
@@ -214,7 +218,9 @@ def _trainer(net, compat, multi_precision=False):
     return gluon.Trainer(net.collect_params(), "adagrad_scratch", options)
 
 
-STATE_CASES = [(c, False) for c in PRESETS] + [("d2l", True), ("pytorch", True)]
+# elementwise presets (the net has 1-D biases; tests/test_rowwise.py resumes row-wise runs)
+ELEMENTWISE = [c for c in PRESETS if not PRESETS[c]["rowwise"]]
+STATE_CASES = [(c, False) for c in ELEMENTWISE] + [("d2l", True), ("pytorch", True)]
 
 
 @pytest.mark.parametrize("compat, multi_precision", STATE_CASES)
@@ -394,7 +400,7 @@ def test_float16_parameters_train_by_default():
         assert relative_error(a, b) < 1e-2  # float16 rounding of weights and activations
 
 
-@pytest.mark.parametrize("compat", list(PRESETS))
+@pytest.mark.parametrize("compat", ELEMENTWISE)  # row-wise ones: tests/test_rowwise.py
 def test_embedding_lazy_rows_for_every_preset(compat):
     """An embedding with sparse gradients: rows not looked up keep their weights and their
     accumulators; rows looked up follow the preset's formula."""

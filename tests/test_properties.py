@@ -2,7 +2,7 @@
 combinations and gradient magnitudes (zeros, tiny, huge), every update path (the reference, the
 fused kernel, the multi-tensor kernel, the row_sparse lazy update of each) agrees with the
 float64 reference, weights stay finite, accumulators never decrease and effective learning
-rates never increase."""
+rates never increase; the same for row-wise Adagrad (dense and row_sparse)."""
 
 import contextlib
 
@@ -14,7 +14,12 @@ from mxnet import nd
 
 from adagrad_gluon import AdagradScratch
 
-from .reference import adagrad_reference, error_at_scale, relative_error
+from .reference import (
+    adagrad_reference,
+    error_at_scale,
+    relative_error,
+    rowwise_adagrad_reference,
+)
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
@@ -195,3 +200,41 @@ def _run_row_sparse(opts, w0, present, magnitude, rng, kernel):
     assert relative_error(acc.asnumpy(), s_ref) <= 1e-5
     absent = sorted(set(range(rows)) - set(present))
     np.testing.assert_array_equal(w.asnumpy()[absent], w0[absent])
+
+
+@PROPERTY_SETTINGS
+@given(shape=st.lists(st.integers(1, 6), min_size=2, max_size=3).map(tuple), opts=options,
+       magnitude=magnitudes, data=st.data(), seed=st.integers(0, 2**16), kernel=kernels,
+       row_sparse=st.booleans())
+def test_rowwise_agrees_with_the_reference(shape, opts, magnitude, data, seed, kernel,
+                                           row_sparse):
+    """Row-wise Adagrad, dense or row_sparse (a lazy update: wd 0, absent rows unchanged),
+    against the float64 row-wise reference over 4 steps; the accumulator never decreases."""
+    if row_sparse:
+        opts = {**opts, "wd": 0.0}
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=shape).astype(np.float32)
+    opt = AdagradScratch(kernel=kernel, rowwise=True, **opts)
+    w = nd.array(w0)
+    acc = opt.create_state(0, w)
+    w_ref, s_ref = w0.astype(np.float64), np.full(shape[0], opts["initial_accumulator_value"])
+    scale = _largest(w0)
+    for t in range(1, 5):
+        present = sorted(data.draw(st.sets(st.integers(0, shape[0] - 1)))) if row_sparse \
+            else list(range(shape[0]))
+        g = (rng.normal(size=(len(present),) + shape[1:]) * magnitude).astype(np.float32)
+        grad = (nd.sparse.row_sparse_array((nd.array(g), nd.array(present, dtype="int64")),
+                                           shape=shape) if row_sparse else nd.array(g))
+        before, w_before = acc.asnumpy().copy(), w.asnumpy().copy()
+        opt.update(0, w, grad, acc)
+        lr_t = opts["learning_rate"] / (1 + (t - 1) * opts["lr_decay"])
+        if present:
+            w_ref[present], s_ref[present] = rowwise_adagrad_reference(
+                w_ref[present], g, s_ref[present], lr=lr_t, **_reference_options(opts))
+        scale = max(scale, _largest(w_ref))
+        assert np.isfinite(w.asnumpy()).all(), "weights became non-finite"
+        assert (acc.asnumpy() >= before).all(), "the accumulator decreased"
+        assert error_at_scale(w.asnumpy(), w_ref, scale) <= 1e-5, f"step {t}"
+        assert relative_error(acc.asnumpy(), s_ref) <= 1e-5, f"step {t} accumulator"
+        absent = sorted(set(range(shape[0])) - set(present))
+        np.testing.assert_array_equal(w.asnumpy()[absent], w_before[absent])

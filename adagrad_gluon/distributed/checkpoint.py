@@ -24,6 +24,7 @@ from ..optim.state import (
     SavedStates,
     StateFileError,
     read_states_file,
+    restore_lazy_decay,
     restore_scheduler,
     write_states_file,
 )
@@ -102,6 +103,7 @@ def restore_states(updater, saved: SavedStates) -> None:
               if isinstance(state, tuple) else nd.array(state, dtype=state.dtype)
               for key, state in saved.states.items()}
     replace_states(updater, states, saved.counts, saved.num_update)
+    restore_lazy_decay(updater.optimizer, saved)
     restore_scheduler(updater.optimizer, saved)
 
 

@@ -191,11 +191,42 @@ def _check_server_entries(saved_files: list[checkpoint.SavedStates], trainer: gl
                                  f"{'a' if entry.master else 'no'} float32 master weight in "
                                  f"the file, unlike in the trainer")
             sizes[key] = sizes.get(key, 0) + math.prod(entry.shape)
+    rowwise = getattr(optimizer, "rowwise", False)  # then one accumulator per row
     for key, size in sizes.items():
-        if size != math.prod(params[key].shape):
+        shape = tuple(params[key].shape)
+        if size != (shape[0] if rowwise else math.prod(shape)):
             raise ValueError(f"the servers' files hold {size} elements for key {key} "
-                             f"({params[key].name}), but it has shape "
-                             f"{tuple(params[key].shape)}")
+                             f"({params[key].name}), but it has shape {shape}"
+                             f"{' (rowwise: one per row)' if rowwise else ''}")
+
+
+def _check_rowwise_on_servers(trainer: gluon.Trainer) -> None:
+    """``ValueError`` if a ``rowwise`` optimizer is to update a dense weight on the servers:
+    they keep it as a flat array (split by elements over the servers), which has no rows."""
+    if not getattr(_gluon.optimizer_of(trainer), "rowwise", False):
+        return
+    dense = [p.name for p in _gluon.trainer_params(trainer) if not _gluon.has_sparse_weight(p)]
+    if dense:
+        raise ValueError(
+            f"trainer: rowwise=True on the servers needs sparse weights (e.g. SparseEmbedding): "
+            f"the servers keep a dense parameter as a flat array, which has no rows; "
+            f"{', '.join(dense)} are dense (give them a trainer of their own, without rowwise)")
+
+
+def _check_decay_of_sparse_rows_on_servers(trainer: gluon.Trainer) -> None:
+    """``ValueError`` if the servers are to update a parameter with sparse rows (a sparse weight
+    or gradient) with weight decay: their lazy update leaves the decay of the rows a step skips
+    pending, and nothing brings a server's rows up to date before the workers pull them (a
+    server would refuse, and MXNet would only print that error)."""
+    wd = _gluon.optimizer_of(trainer).wd
+    decayed = [p.name for p in _gluon.trainer_params(trainer)
+               if wd * p.wd_mult and _gluon.storage_types(p) != ("default", "default")]
+    if decayed:
+        raise ValueError(
+            f"trainer: {', '.join(decayed)} have sparse rows and weight decay (wd={wd} times "
+            f"wd_mult): on the servers their lazy update cannot apply the decay of the rows a "
+            f"step skips; set wd_mult=0 for them (or wd=0), or update on the workers "
+            f"(update_on_kvstore=False, dense weights with sparse gradients only)")
 
 
 def _step_batch_size(batch_size: int, num_workers: int, sync: bool) -> int:
@@ -305,8 +336,17 @@ def prepare_trainer(trainer: gluon.Trainer, batch_size: int) -> DistTrainer:
                 f"known shapes (e.g. in_units=) before prepare_trainer"
             )
     kvstore_type = _kvstore_type(trainer)
+    if (_gluon.has_sparse_parameters(trainer)
+            and _gluon.kvstore_setting(trainer, "update_on_kvstore") is False):
+        raise ValueError(
+            "trainer: a parameter with a sparse weight or gradient (e.g. SparseEmbedding, "
+            "Embedding(sparse_grad=True)) is updated on the servers: on a dist kvstore MXNet "
+            "has no update_on_kvstore=False for it; leave update_on_kvstore unset (or True)"
+        )
     if _updates_on_kvstore(trainer, kvstore_type):
         check_optimizer_for_servers(_gluon.optimizer_of(trainer))
+        _check_rowwise_on_servers(trainer)
+        _check_decay_of_sparse_rows_on_servers(trainer)
     kvstore = _connect(trainer)
     _gluon.optimizer_of(trainer).rescale_grad = _gluon.gradient_scale(trainer) / _step_batch_size(
         batch_size, kvstore.num_workers, "async" not in kvstore_type)

@@ -8,6 +8,9 @@ MXNet's internals is fixed here alone. An optimizer's state is the accumulator, 
 
 from __future__ import annotations
 
+import ctypes
+import operator
+
 import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
@@ -71,6 +74,12 @@ def has_sparse_parameters(trainer: gluon.Trainer) -> bool:
     return bool(trainer._contains_sparse_weight or trainer._contains_sparse_grad)
 
 
+def has_sparse_weight(param: gluon.Parameter) -> bool:
+    """Whether ``param``'s weight is sparse (``stype='row_sparse'``): a kvstore holds and
+    updates it, and ``param.list_data()`` refuses it."""
+    return storage_types(param)[0] != "default"
+
+
 def gradient_scale(trainer: gluon.Trainer) -> float:
     """The trainer's ``rescale_grad`` before ``step`` divides it by the batch size."""
     return trainer._scale
@@ -126,10 +135,18 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
     states = {}
     for index in sorted(set(map(int, created)) | set(trained_indices(trainer))):
         state = created[index] if index in created else optimizer.create_state_multi_precision(
-            index, trainer._params[index].list_data()[0])
+            index, _dense_weight(trainer._params[index]))
         master, acc = split_state(state)
         states[index] = (master, acc, int(counts.get(index, optimizer.begin_num_update)))
     return optimizer, states
+
+
+def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
+    of its shape and dtype, to create a state from."""
+    if has_sparse_weight(param):
+        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+    return param.list_data()[0]
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
@@ -157,6 +174,38 @@ def counts_of_others(optimizer: mx.optimizer.Optimizer, indices) -> list[int]:
     ``indices``."""
     return [count for counts in optimizer._all_index_update_counts.values()
             for index, count in counts.items() if index not in indices]
+
+
+def apply_pending_decay(trainer: gluon.Trainer, rows: dict | None = None) -> None:
+    """Apply the weight decay that lazy ``row_sparse`` updates of ``trainer``'s
+    ``adagrad_scratch`` have left pending (:meth:`AdagradScratch.apply_pending_decay`), on
+    every device: to every row of every parameter (``rows=None``: before evaluating or
+    exporting), or to the rows ``{parameter: row ids}`` names (before a batch's forward pass,
+    with the batch's token ids: the lookup then reads up-to-date rows). ``ValueError`` if a
+    kvstore holds the weights (``update_on_kvstore=True``) or a key is not the trainer's."""
+    optimizer, updaters = trainer_updaters(trainer)
+    if trainer._update_on_kvstore:
+        raise ValueError("apply_pending_decay needs the trainer to update its own weights "
+                         "(update_on_kvstore=False): with update_on_kvstore=True the kvstore "
+                         "holds the weights and their pending decay")
+    indices = {id(param): i for i, param in enumerate(trainer._params)}
+    if rows is None:
+        chosen = dict.fromkeys(range(len(trainer._params)))
+    elif not isinstance(rows, dict) or any(id(p) not in indices for p in rows):
+        raise ValueError(f"rows must be None or a dict {{parameter: row ids}} whose keys are "
+                         f"the trainer's parameters, got {rows!r:.200}")
+    else:
+        chosen = {indices[id(param)]: ids for param, ids in rows.items()}
+    for k, updater in enumerate(updaters):
+        for index, ids in chosen.items():
+            if index in updater.states:
+                optimizer.apply_pending_decay(index, trainer._params[index].list_data()[k],
+                                              updater.states[index], ids)
+
+
+def known_device_ids(optimizer: mx.optimizer.Optimizer) -> list[int]:
+    """The device ids the optimizer keeps update counts for."""
+    return sorted(optimizer._all_index_update_counts)
 
 
 # -- mx.optimizer.Updater / Optimizer (a kvstore's, e.g. on a parameter server) ------------------
@@ -205,3 +254,66 @@ def trainer_state(optimizer: mx.optimizer.Optimizer, param: gluon.Parameter, ind
     if trainer is None or trainer._optimizer is not optimizer or k >= len(trainer._updaters):
         return None
     return trainer._updaters[k].states.get(index)
+
+
+# -- gluon.Parameter: the flat layout (optim/flat.py) -------------------------------------------
+
+class FlatParameter(gluon.Parameter):
+    """A ``gluon.Parameter`` that calls ``on_read()`` whenever its data is read as a list, as
+    ``gluon.Trainer`` reads it (for the stale-gradient check and the update) in every step."""
+
+    on_read = None
+
+    def _check_and_get(self, arr_list, ctx):
+        if ctx is list and arr_list is self._data and self.on_read is not None:
+            self.on_read()
+        return super()._check_and_get(arr_list, ctx)
+
+
+def install_arrays(param: gluon.Parameter, data: nd.NDArray, grad: nd.NDArray) -> tuple:
+    """Make ``data`` and ``grad`` the (initialised, single-context) parameter's arrays, and
+    ``grad`` the gradient ``backward`` writes for ``data``. Return the two lists now holding
+    them: MXNet gives a parameter new lists whenever it replaces its arrays (``cast``,
+    ``reset_ctx``, ``initialize(force_reinit=True)``, a new ``grad_req``), see
+    :func:`array_list_ids`."""
+    param._data, param._grad = [data], [grad]
+    mx.autograd.mark_variables([data], [grad], param.grad_req)
+    return param._data, param._grad
+
+
+def array_list_ids(params) -> list[int]:
+    """The ids of each parameter's data list, then of each one's gradient list (one pass in
+    C, ~40 us for 1000 parameters); equal to those of lists the caller holds (so their ids
+    cannot be reused) only while the parameters keep those lists."""
+    return [*map(id, map(_DATA_LIST, params)), *map(id, map(_GRAD_LIST, params))]
+
+
+_DATA_LIST, _GRAD_LIST = operator.attrgetter("_data"), operator.attrgetter("_grad")
+
+
+def fresh_gradients(arrays) -> list[bool]:
+    """Whether ``backward`` wrote each array's gradient since it was last marked stale (the
+    state ``gluon.Trainer`` checks), read through MXNet's C API: ~0.3 us an array."""
+    get, state = mx.base._LIB.MXNDArrayGetGradState, ctypes.c_int()
+    out = ctypes.byref(state)
+    fresh = [get(array.handle, out) or state.value for array in arrays]  # 0: success
+    if -1 in fresh:
+        mx.base.check_call(-1)  # raises MXNet's error
+    return [value == 1 for value in fresh]
+
+
+def set_fresh_gradients(arrays, fresh: bool) -> None:
+    """Mark the arrays' gradients fresh (or stale), as ``backward`` (or the Trainer) does."""
+    set_state, value = mx.base._LIB.MXNDArraySetGradState, ctypes.c_int(int(fresh))
+    if any([set_state(array.handle, value) for array in arrays]):
+        mx.base.check_call(-1)
+
+
+def has_trainer(param: gluon.Parameter) -> bool:
+    """Whether a ``gluon.Trainer`` has been created with ``param``."""
+    return param._trainer is not None
+
+
+def storage_types(param: gluon.Parameter) -> tuple[str, str]:
+    """The storage types of ``param``'s weight and gradient (``'default'``: dense)."""
+    return param._stype, param._grad_stype

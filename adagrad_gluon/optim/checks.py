@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 from mxnet import nd
 
-from .quantized import BLOCK, QuantizedAcc
+from .quantized import BLOCK, ROWWISE_REFUSAL, QuantizedAcc, num_blocks
 
 # a parameter's state: its accumulator, or (float32 master weight, accumulator); an
 # accumulator is an NDArray, or a QuantizedAcc under state_bits=8
@@ -41,18 +41,20 @@ def accumulator_dtype(weight_dtype) -> type:
 
 
 def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, state,
-                   name_of: Callable[[object], str]) -> Checked:
+                   name_of: Callable[[object], str], *, rowwise: bool = False) -> Checked:
     """Check one parameter's arrays (``state``: the accumulator, or ``(master, accumulator)``)
     and return them as a :class:`Checked`. The checks run again only when the arrays are other
-    objects than those ``cache`` holds for ``index`` (an NDArray's shape, dtype and storage
-    type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
-    every step, so they are checked every time. ``name_of(index)`` names it in messages."""
+    objects than those ``cache`` holds for ``(index, rowwise)`` (an NDArray's shape, dtype and
+    storage type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows change
+    every step, so they are checked every time. ``name_of(index)`` names it in messages;
+    ``rowwise``: the accumulator is ``(rows,)`` (see :func:`accumulator_shape`)."""
     master, acc = split_state(state)
-    known = cache.get(index)
+    known = cache.get((index, rowwise))  # rowwise changes what the accumulator's shape must be
     if known is None or not (known.weight is weight and known.grad is grad
                              and known.acc is acc and known.master is master):
-        check_arrays(name_of(index), weight, grad, acc, master)
-        known = cache[index] = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
+        check_arrays(name_of(index), weight, grad, acc, master, rowwise=rowwise)
+        known = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
+        cache[(index, rowwise)] = known
     if known.row_sparse:
         check_rows(name_of(index), grad, weight)
     return known
@@ -73,6 +75,35 @@ def check_dense_weight(name: str, weight) -> None:
                         f"got {weight.dtype}")
 
 
+def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master) -> None:
+    """Refuse arrays a kvstore's update of a ``row_sparse`` weight cannot have.
+
+    A kvstore (a parameter server, or the local one of ``gluon.Trainer``) keeps the weight of a
+    ``Parameter(stype='row_sparse')`` as a float32/64 ``row_sparse`` NDArray holding every row
+    (on a server: every row of its shard) and hands the optimizer ``row_sparse`` gradients of
+    that shape. The accumulator is dense (a master weight is refused: the servers keep float32
+    weights)."""
+    if weight.dtype not in (np.float32, np.float64):
+        raise TypeError(f"parameter {name}: a row_sparse weight must be float32 or float64, "
+                        f"got {np.dtype(weight.dtype).name}")
+    if weight.indices.shape[0] != weight.shape[0]:
+        raise ValueError(f"parameter {name}: a row_sparse weight must hold every row, as a "
+                         f"kvstore keeps it; got {weight.indices.shape[0]} of {weight.shape[0]}")
+    if not isinstance(grad, nd.NDArray) or grad.stype != "row_sparse":
+        raise TypeError(f"parameter {name}: a row_sparse weight needs a row_sparse gradient, "
+                        f"got {getattr(grad, 'stype', type(grad).__name__)}")
+    if master is not None:
+        raise TypeError(f"parameter {name}: a row_sparse weight has no master weight")
+    check_gradient_matches(name, weight, grad)
+    check_rows(name, grad, weight)
+    if not (isinstance(acc, nd.NDArray) and acc.stype == "default"
+            and acc.shape[:1] == weight.shape[:1]):
+        raise ValueError(f"parameter {name}: the accumulator (optimizer state) must be a dense "
+                         f"NDArray with the weight's {weight.shape[0]} rows, got "
+                         f"{getattr(acc, 'stype', type(acc).__name__)} of shape "
+                         f"{getattr(acc, 'shape', None)}")
+
+
 def check_storage(name: str, weight, grad) -> None:
     """Refuse a weight that is not dense, or a gradient neither dense nor row_sparse."""
     check_dense_weight(name, weight)
@@ -83,9 +114,35 @@ def check_storage(name: str, weight, grad) -> None:
                         f"gradients; got a {grad.stype} gradient")
 
 
-def check_arrays(name: str, weight, grad, acc, master) -> None:
-    """Refuse mismatched shapes or types instead of letting MXNet broadcast them."""
+def accumulator_shape(name: str, weight_shape: tuple, rowwise: bool) -> tuple:
+    """The accumulator's shape for a weight of ``weight_shape``: the same, or ``(rows,)`` with
+    ``rowwise`` (``ValueError`` naming parameter ``name`` for fewer than two dimensions)."""
+    if not rowwise:
+        return tuple(weight_shape)
+    if len(weight_shape) < 2:
+        raise ValueError(f"parameter {name}: rowwise=True keeps one accumulator per row of a "
+                         f"weight of two or more dimensions (an embedding table); this weight "
+                         f"has shape {tuple(weight_shape)}: use rowwise=False for it")
+    return (weight_shape[0],)
+
+
+def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False) -> None:
+    """Refuse mismatched shapes or types instead of letting MXNet broadcast them (the
+    accumulator's shape as :func:`accumulator_shape` gives it)."""
     check_storage(name, weight, grad)
+    check_gradient_matches(name, weight, grad)
+    acc_shape = accumulator_shape(name, weight.shape, rowwise)
+    for what, array, dtype, shape in (
+            ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),
+            ("master weight", master, np.float32, weight.shape)):
+        if isinstance(array, QuantizedAcc):
+            _check_quantized(name, array, weight, rowwise)
+        elif array is not None:
+            _check_state_array(name, what, array, dtype, shape, weight)
+
+
+def check_gradient_matches(name: str, weight, grad) -> None:
+    """Refuse a gradient of another shape or dtype than its weight."""
     if grad.shape != weight.shape:
         raise ValueError(
             f"parameter {name}: gradient shape {grad.shape} does not match "
@@ -94,34 +151,31 @@ def check_arrays(name: str, weight, grad, acc, master) -> None:
     if grad.dtype != weight.dtype:
         raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
                         f"match weight dtype {np.dtype(weight.dtype).name}")
-    for what, array, dtype in (("accumulator", acc, accumulator_dtype(weight.dtype)),
-                               ("master weight", master, np.float32)):
-        if isinstance(array, QuantizedAcc):
-            _check_quantized(name, array, weight)
-        elif array is not None:
-            _check_state_array(name, what, array, dtype, weight)
 
 
-def _check_quantized(name: str, acc: QuantizedAcc, weight) -> None:
-    """An 8-bit accumulator: uint8 codes of the weight's shape, a float32 scale per block."""
-    _check_state_array(name, "accumulator codes", acc.codes, np.uint8, weight)
+def _check_quantized(name: str, acc: QuantizedAcc, weight, rowwise: bool) -> None:
+    """An 8-bit accumulator: uint8 codes of the weight's shape, a float32 scale per block;
+    never row-wise (a row-wise accumulator has one float per row: nothing to save)."""
+    if rowwise:
+        raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
+    _check_state_array(name, "accumulator codes", acc.codes, np.uint8, weight.shape, weight)
     if weight.dtype == np.float64:
         raise TypeError(f"parameter {name}: a float64 weight keeps a float64 accumulator, "
                         f"not an 8-bit one")
-    blocks = (-(-weight.size // BLOCK),)
+    blocks = (num_blocks(weight.size),)
     if not isinstance(acc.scales, nd.NDArray) or acc.scales.shape != blocks \
             or acc.scales.dtype != np.float32:
         raise ValueError(f"parameter {name}: the 8-bit accumulator's scales must be a float32 "
                          f"NDArray of shape {blocks} (one per block of {BLOCK} elements)")
 
 
-def _check_state_array(name: str, what: str, array, dtype, weight) -> None:
+def _check_state_array(name: str, what: str, array, dtype, shape, weight) -> None:
     if not isinstance(array, nd.NDArray):
         raise TypeError(f"parameter {name}: {what} must be an NDArray, got {type(array)}")
-    if array.shape != weight.shape:
+    if array.shape != shape:
         raise ValueError(
-            f"parameter {name}: {what} (optimizer state) shape {array.shape} does not "
-            f"match weight shape {weight.shape}"
+            f"parameter {name}: {what} (optimizer state) shape {array.shape} should be "
+            f"{shape} for weight shape {weight.shape}"
         )
     if array.dtype != dtype:
         raise TypeError(f"parameter {name}: {what} (optimizer state) dtype "
@@ -134,7 +188,7 @@ def check_rows(name: str, grad: nd.NDArray, weight: nd.NDArray) -> None:
     host sync; MXNet itself would apply duplicates once, or fail or hang out of range)."""
     rows = grad.indices.asnumpy()
     if rows.size and (rows[0] < 0 or rows[-1] >= weight.shape[0]
-                      or (np.diff(rows) <= 0).any()):
+                      or (rows[1:] <= rows[:-1]).any()):
         raise ValueError(f"parameter {name}: the row_sparse gradient's row indices must be "
                          f"strictly increasing and in [0, {weight.shape[0]}); got "
                          f"{np.array2string(rows, threshold=10)}")

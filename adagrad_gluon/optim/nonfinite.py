@@ -10,7 +10,7 @@ import numpy as np
 from mxnet import nd
 
 from .checks import Checked, accumulator_dtype, check_arrays, split_state
-from .functional import prepared_gradient
+from .functional import prepared_gradient, row_mean_square
 from .options import AdagradOptions, flush_subnormal
 from .quantized import dense
 
@@ -58,7 +58,8 @@ def safe_updates(optimizer, options: AdagradOptions, indices: Sequence,
 def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
           wd: float) -> nd.NDArray:
     """A float64 scalar: 0 if the gradient is finite and ``s + g * g`` (``g`` as the step
-    prepares it, in the accumulator's dtype) is finite everywhere, else NaN. ``acc`` None
+    prepares it, in the accumulator's dtype; with ``rowwise``, ``s + mean_j(g * g)`` per row)
+    is finite everywhere, else NaN. ``acc`` None
     stands for an accumulator of zeros (the gradient's own square is checked)."""
     dtype = accumulator_dtype(weight.dtype)
     acc = None if acc is None else dense(acc)
@@ -73,7 +74,9 @@ def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
     g = prepared_gradient(work, grad, wd=wd, rescale_grad=options.rescale_grad,
                           clip_gradient=options.clip_gradient,
                           weight_decay_mode=options.weight_decay_mode, maximize=options.maximize)
-    square = g * g if acc is None else acc + g * g
+    square = row_mean_square(g) if options.rowwise and g.size else g * g
+    if acc is not None:
+        square = acc + square
     # x * 0 is 0 for finite x and NaN for NaN or infinity
     return (nd.sum(grad * 0) + nd.sum(square * 0)).astype(np.float64)
 
@@ -84,10 +87,13 @@ def _rest_of_step(optimizer, options: AdagradOptions,
     ``gluon.Trainer``) whose ``(index, context)`` is not in ``updated`` (this call's, and those
     updated earlier in this step): the rest of the step, which the Trainer hands over in
     further calls (one per dtype and context). Each is probed against the state its update
-    will get (:func:`_trainer_state`), as the update itself would be."""
+    will get (:func:`_trainer_state`), as the update itself would be. A sparse weight is
+    updated by its kvstore, in a call of its own, which checks its gradient."""
+    from ._gluon import has_sparse_weight  # _gluon imports the optimizer, which imports this
+
     probes = []
     for i, param in optimizer.param_dict.items():
-        if param.grad_req == "null":
+        if param.grad_req == "null" or has_sparse_weight(param):
             continue
         name = optimizer._name(i)
         wd = flush_subnormal(optimizer._get_wds([i])[0])
@@ -97,7 +103,7 @@ def _rest_of_step(optimizer, options: AdagradOptions,
                 continue
             state = _trainer_state(optimizer, i, param, k, weight)
             master, acc = split_state(state)
-            check_arrays(name, weight, grad, acc, master)
+            check_arrays(name, weight, grad, acc, master, rowwise=options.rowwise)
             row_sparse = grad.stype == "row_sparse"
             probes.append((i, probe(options, weight, grad, acc, master, row_sparse, wd)))
     return probes

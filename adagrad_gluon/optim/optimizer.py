@@ -16,12 +16,28 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_number
-from . import kernels
-from .checks import State, accumulator_dtype, check_dense_weight, checked_arrays, split_state
+from . import kernels, lazy_decay
+from .checks import (
+    State,
+    accumulator_dtype,
+    accumulator_shape,
+    check_dense_weight,
+    checked_arrays,
+    split_state,
+)
 from .functional import Step, denominator, reference_steps
+from .lazy_decay import LazyDecayMixin
 from .nonfinite import NONFINITE_POLICIES, NonFiniteGradientError, safe_updates
-from .options import AdagradOptions, check_compat, flush_subnormal, optimizer_kwargs, resolve
-from .quantized import QuantizedAcc, check_state_bits, dense, run_steps
+from .options import (
+    NO_WEIGHT_DECAY_PRESETS,
+    AdagradOptions,
+    check_compat,
+    flush_subnormal,
+    optimizer_kwargs,
+    resolve,
+)
+from .quantized import ROWWISE_REFUSAL, QuantizedAcc, check_state_bits, dense, run_steps
+from .sparse_weights import is_row_sparse, update_kvstore_row_sparse
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
            "NONFINITE_POLICIES", "REGISTERED_NAME", "State"]
@@ -32,7 +48,7 @@ REGISTERED_NAME = "adagrad_scratch"
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
 
 
-class AdagradScratch(mx.optimizer.Optimizer):
+class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     r"""Adagrad (Duchi, Hazan and Singer, JMLR 2011), written from scratch for MXNet Gluon.
 
     Use it by name: ``gluon.Trainer(params, 'adagrad_scratch', {'learning_rate': 0.1})`` or
@@ -53,9 +69,19 @@ class AdagradScratch(mx.optimizer.Optimizer):
     them as one :class:`~adagrad_gluon.optim.options.AdagradOptions`.
 
     ``row_sparse`` gradients (``gluon.nn.Embedding(..., sparse_grad=True)``) get a lazy
-    update: only the rows present in the gradient, and their accumulator rows, change. A lazy
-    update cannot apply weight decay to the rows it skips, so it requires ``wd == 0``
-    (a ``ValueError`` otherwise, as the built-in refuses too).
+    update: only the rows present in the gradient, and their accumulator rows, change. Weight
+    decay is exact all the same with ``weight_decay_mode`` ``'decoupled'`` or ``'step'``: in
+    the dense update a row with a zero gradient only decays, ``w_r *= 1 - lr_k * wd_k`` at
+    each update ``k``. Each parameter (on each device) keeps a float64 running sum of
+    ``log1p(-lr_k * wd_k)`` and, per row, the sum at which its decay stands; a row's next update
+    first applies the product over exactly the updates it skipped, each with its own rate
+    (:mod:`.lazy_decay`). Rows lag until then: call :meth:`apply_pending_decay` (or
+    :func:`adagrad_gluon.apply_pending_decay` for a ``gluon.Trainer``) with a batch's token ids
+    before its forward pass, so that the lookup reads decayed rows, and for all rows before
+    evaluating or exporting; the lazy run then equals the dense one. ``'l2'`` decay, which
+    enters the accumulator of every row, and ``lr * wd >= 1`` raise a ``ValueError``. With
+    ``wd == 0`` nothing is kept. The marks are saved with the states (both state files, the
+    pickled ``Trainer.save_states``, the servers' checkpoints).
 
     The accumulator is float32 (float64 for float64 weights). float16 weights are updated in
     float32 and rounded back; with ``multi_precision=True`` a float32 master copy of the weight
@@ -82,8 +108,15 @@ class AdagradScratch(mx.optimizer.Optimizer):
         (PyTorch, MXNet 2.0), or a separate ``w -= lr * wd * w`` (Keras).
     maximize : bool, default False
         Ascend instead of descend (the gradient is negated after clipping).
-    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax'}, default 'd2l'
-        A preset for the four options above, as that framework defines Adagrad (table in
+    rowwise : bool, default False (from ``compat``)
+        One accumulator per row (axis 0) instead of per coordinate, for weights of two or
+        more dimensions (embedding tables): ``s_r += mean_j(g_rj^2)``, and every coordinate
+        of row ``r`` steps by ``lr * g_rj / sqrt(s_r + eps)`` (see
+        :mod:`adagrad_gluon.optim.functional`). The state is a ``(rows,)`` array, the row width
+        times smaller. A 1-D weight raises ``ValueError`` (in ``create_state``).
+    compat : {'d2l', 'mxnet1', 'mxnet2', 'pytorch', 'keras', 'optax', 'groupadagrad', \
+'fbgemm'}, default 'd2l'
+        A preset for the five options above, as that framework defines Adagrad (table in
         :mod:`adagrad_gluon.optim.options`); explicit arguments win. With ``'pytorch'`` the names
         ``lr`` and ``weight_decay`` are accepted too.
     nonfinite : {'propagate', 'skip', 'raise'}, default 'propagate'
@@ -118,6 +151,9 @@ class AdagradScratch(mx.optimizer.Optimizer):
         updates in float32 and requantizes: the map and its error bound are in
         :mod:`adagrad_gluon.optim.quantized`). float64 weights keep a float64 accumulator.
         A numerics option: a saved state resumes only under the same ``state_bits``.
+        ``ValueError`` with ``rowwise=True`` (whose accumulator is one float per row) and for
+        the ``row_sparse`` weight a kvstore keeps; ``row_sparse`` gradients and their lazy
+        weight decay work as with float32 (see :mod:`~adagrad_gluon.optim.quantized`).
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -132,6 +168,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         lr_decay: float = 0.0,
         weight_decay_mode: str | None = None,
         maximize: bool = False,
+        rowwise: bool | None = None,
         compat: str = "d2l",
         kernel: str = "auto",
         nonfinite: str = "propagate",
@@ -143,19 +180,24 @@ class AdagradScratch(mx.optimizer.Optimizer):
                           initial_accumulator_value=initial_accumulator_value,
                           lr_decay=lr_decay, weight_decay_mode=weight_decay_mode,
                           maximize=maximize, rescale_grad=kwargs["rescale_grad"],
-                          clip_gradient=kwargs.get("clip_gradient"))
+                          clip_gradient=kwargs.get("clip_gradient"), rowwise=rowwise)
+        _check_no_decay(compat, kwargs["wd"])
         super().__init__(**kwargs)
         self.compat = compat
         vars(self).update(dataclasses.asdict(options))
         self._options, self._option_values = options, dataclasses.astuple(options)
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.state_bits = check_state_bits(state_bits)
+        if self.state_bits == 8 and options.rowwise:
+            raise ValueError(ROWWISE_REFUSAL)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
-        self._checked: dict = {}  # index -> the arrays last checked (checks.Checked)
+        self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
+        self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
+        self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
 
     @property
     def options(self) -> AdagradOptions:
@@ -183,11 +225,18 @@ class AdagradScratch(mx.optimizer.Optimizer):
 
     def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray | QuantizedAcc:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
-        with ``state_bits=8`` an 8-bit one for float16/float32 weights."""
-        check_dense_weight(self._name(index), weight)
+        of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
+        fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
+        (see :meth:`update`). With ``state_bits=8`` an 8-bit one for dense float16/float32
+        weights (``ValueError`` for a kvstore's ``row_sparse`` weight)."""
+        name = self._name(index)
+        if not is_row_sparse(weight):
+            check_dense_weight(name, weight)
         if self.state_bits == 8 and weight.dtype != np.float64:
+            _check_8bit_weight(name, weight, self.rowwise)
             return QuantizedAcc.full(weight.shape, self.initial_accumulator_value, weight.context)
-        return nd.full(weight.shape, self.initial_accumulator_value, weight.context,
+        return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
+                       self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
 
     def create_state_multi_precision(self, index: int, weight: nd.NDArray) -> State:
@@ -217,7 +266,8 @@ class AdagradScratch(mx.optimizer.Optimizer):
     def effective_lr(self, index: int, state: State) -> nd.NDArray:
         """Each coordinate's current step size for parameter ``index``, given its ``state``:
         ``lr / sqrt(s + eps)`` (or ``lr / (sqrt(s) + eps)`` with ``eps_placement='outside'``),
-        the :func:`~.functional.denominator` of the update.
+        the :func:`~.functional.denominator` of the update. With ``rowwise`` one rate per row
+        (shape ``(rows,)``): each coordinate of row ``r`` steps by its row's rate times ``g``.
 
         Adagrad's accumulator only grows, so these only shrink; this is the quantity behind the
         chapter's warning that the rate may decay too fast. ``gluon.Trainer`` keeps the states:
@@ -227,7 +277,16 @@ class AdagradScratch(mx.optimizer.Optimizer):
         return self.current_lr(index) / denominator(dense(acc), self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
-        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``."""
+        """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``.
+
+        ``weight`` is dense, or the ``row_sparse`` weight (every row present) a kvstore keeps for
+        a ``Parameter(stype='row_sparse')`` (e.g. ``gluon.contrib.nn.SparseEmbedding``) with
+        ``update_on_kvstore``: on parameter servers, each holding a shard of its rows, or in
+        ``gluon.Trainer``'s local kvstore. Such a weight takes ``row_sparse`` gradients and a
+        lazy update (``wd == 0``): the gradient's rows of the weight and accumulator are
+        gathered, updated as dense rows (exactly as a dense weight's rows would be), and
+        written back; the other rows are not touched.
+        """
         self.update_multi_precision(index, weight, grad, state)
 
     def update_multi_precision(self, index: int | Sequence[int],
@@ -242,31 +301,55 @@ class AdagradScratch(mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
+        if any(map(is_row_sparse, weight)):
+            for args in zip(index, weight, grad, state, strict=True):
+                if is_row_sparse(args[1]):
+                    update_kvstore_row_sparse(self, *args)
+                else:
+                    self.update_multi_precision(*args)
+            return
         options = self.options
-        checked = [checked_arrays(self._checked, *args, self._name)
-                   for args in zip(index, weight, grad, state, strict=True)]
-        wds = [flush_subnormal(wd) for wd in self._get_wds(index)]
-        self._refuse_lazy_decay(index, checked, wds)
+        checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
+        wds = _each(flush_subnormal, self._get_wds(index))
+        _check_no_decay(self.compat, max(wds))  # wd may have been set since __init__
         if self.nonfinite != "propagate":
             keep = safe_updates(self, options, index, checked, wds)
             index, checked, wds = ([x for x, k in zip(seq, keep, strict=True) if k]
                                    for seq in (index, checked, wds))
             if not index:
                 return
-        lrs = self._count_and_lrs(index)
+        lrs, pending = self._lrs_and_pending_decay(index, checked, wds,
+                                                   options.weight_decay_mode)
+        lazy_decay.catch_up_all(pending)
         run_steps(self._steps, [Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
                                 for c, lr, wd in zip(checked, lrs, wds, strict=True)],
                   options, fused=self.kernel == "fused")
+        lazy_decay.advance_all(pending)
 
-    def _refuse_lazy_decay(self, indices, checked, wds) -> None:
-        """A row_sparse gradient gets a lazy update, which cannot apply weight decay."""
-        for i, c, wd in zip(indices, checked, wds, strict=True):
-            if wd and c.row_sparse:
-                raise ValueError(
-                    f"parameter {self._name(i)}: a row_sparse gradient gets a lazy update, "
-                    f"which cannot apply weight decay to the rows it skips; set wd=0 (or "
-                    f"wd_mult=0 for this parameter), or use a dense gradient (got wd={wd})"
-                )
+    def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
+        """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
+        update call. A list call that hands the very objects of an earlier one, with the same
+        options (``gluon.Trainer`` and its updater do, every step), gets that call's result
+        back without a check per parameter, unless a gradient is row_sparse (its rows are
+        checked every time). The cache holds the objects it was keyed on, so their ids stay
+        theirs."""
+        if len(indices) == 1:  # a parameter server's per-key call: nothing to gain here
+            return [checked_arrays(self._checked, indices[0], weights[0], grads[0], states[0],
+                                   self._name, **check_options)]
+        key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
+               tuple(sorted(check_options.items())))
+        slot = (key[0], weights[0].context)  # a Trainer's updater per context calls in turn
+        known = self._checked_calls.get(slot)
+        if known is not None and known[0] == key:
+            return known[1]
+        checked = [checked_arrays(self._checked, *args, self._name, **check_options)
+                   for args in zip(indices, weights, grads, states, strict=True)]
+        if not any(c.row_sparse for c in checked) \
+                and not any(isinstance(s, list) for s in states):  # a list's items can change
+            if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
+                self._checked_calls.clear()
+            self._checked_calls[slot] = (key, checked, list(states))
+        return checked
 
     @property
     def num_nonfinite_skipped(self) -> int:
@@ -288,7 +371,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
             return lrs
         self._update_count(indices)
         t = self._index_update_count[indices[0]]  # the count all of them share
-        return [self._decayed(lr, t) for lr in self._get_lrs(indices)]
+        return _each(lambda lr: self._decayed(lr, t), self._get_lrs(indices))
 
     def __getstate__(self) -> dict:
         """Pickle (``gluon.Trainer.save_states``, the parameter servers) without the caches:
@@ -296,7 +379,7 @@ class AdagradScratch(mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values"):
+        for name in ("_steps", "_options", "_option_values", "_checked_calls"):
             state.pop(name, None)
         return state
 
@@ -306,15 +389,48 @@ class AdagradScratch(mx.optimizer.Optimizer):
         raises :class:`~adagrad_gluon.optim.kernels.KernelUnavailableError` here, not mid-training.
         Its shape is the one of the code before the options object, whose pickles load too."""
         super().__setstate__(state)
+        for field in dataclasses.fields(AdagradOptions):  # options added since it was pickled
+            vars(self).setdefault(field.name, field.default)
         vars(self).setdefault("state_bits", 32)  # pickled before state_bits existed
         self._options, self._option_values = None, None
+        self._checked_calls = {}
         self._step_updated = set()
+        vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
+
+
+def _check_8bit_weight(name: str, weight: nd.NDArray, rowwise: bool) -> None:
+    """Refuse what an 8-bit accumulator does not support: ``rowwise`` (set since
+    ``__init__``) and the ``row_sparse`` weight a kvstore keeps."""
+    if rowwise:
+        raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
+    if is_row_sparse(weight):
+        raise ValueError(f"parameter {name}: state_bits=8 does not support the row_sparse "
+                         f"weight a kvstore keeps (Parameter(stype='row_sparse'), e.g. "
+                         f"SparseEmbedding); use state_bits=32, or a dense weight with "
+                         f"row_sparse gradients (Embedding(sparse_grad=True))")
+
+
+def _check_no_decay(compat: str, wd: float) -> None:
+    """A preset whose framework refuses weight decay (``groupadagrad``) needs ``wd == 0``."""
+    if compat in NO_WEIGHT_DECAY_PRESETS and wd:
+        raise ValueError(f"compat={compat!r} has no weight decay (the framework refuses it): "
+                         f"wd must be 0, got {wd!r}")
+
+
+def _each(function, values: list) -> list:
+    """``[function(v) for v in values]`` with one call per distinct value (a Trainer's rates
+    and decays are mostly equal). Exact for the functions used here: equal floats differ only
+    as 0.0 and -0.0, which :func:`~.options.flush_subnormal` maps to the same 0.0."""
+    if len(values) == 1:
+        return [function(values[0])]
+    results = {value: function(value) for value in set(values)}
+    return [results[value] for value in values]
 
 
 def register() -> None:

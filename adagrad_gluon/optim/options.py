@@ -16,6 +16,19 @@ keras      1e-7     inside     0.1          decoupled: ``w -= lr_t * wd * w``, t
 optax      1e-7     inside     0.1          l2 (``chain(add_decayed_weights, adagrad)``)
 =========  =======  ========  ===========  ====================================================
 
+Two presets are row-wise (``rowwise=True``: one accumulator per row, see
+:func:`~adagrad_gluon.optim.functional.rowwise_adagrad_update`):
+
+============  =====  =========  ===========  ==================================================
+preset        eps    placement  accumulator  weight decay
+============  =====  =========  ===========  ==================================================
+groupadagrad  1e-5   inside     0            none: ``wd`` must be 0 (MXNet 1.x
+                                             ``mx.optimizer.contrib.GroupAdaGrad``)
+fbgemm        1e-8   outside    0            l2 (FBGEMM ``EXACT_ROWWISE_ADAGRAD``,
+                                             ``WeightDecayMode.L2``; ``'decoupled'`` is its
+                                             ``DECOUPLED``)
+============  =====  =========  ===========  ==================================================
+
 ``inside`` is ``g / sqrt(s + eps)``, ``outside`` is ``g / (sqrt(s) + eps)``. Every preset makes
 the update 0 where ``s == 0``, as Optax does (up to a gradient so small that its square
 underflows), never 0/0 even with ``eps = 0``.
@@ -33,17 +46,22 @@ from ..validation import check_choice, check_count, check_flag, check_number
 EPS_PLACEMENTS = ("inside", "outside")
 WEIGHT_DECAY_MODES = ("step", "l2", "decoupled")
 
-PRESET_FIELDS = ("eps", "eps_placement", "initial_accumulator_value", "weight_decay_mode")
+PRESET_FIELDS = ("eps", "eps_placement", "initial_accumulator_value", "weight_decay_mode",
+                 "rowwise")
 # the table above, one row per preset: its name, then the PRESET_FIELDS
 PRESETS: dict[str, dict[str, object]] = {name: dict(zip(PRESET_FIELDS, row, strict=True))
                                          for name, *row in (
-    ("d2l", 1e-6, "inside", 0.0, "step"),
-    ("mxnet1", 1e-7, "inside", 0.0, "step"),
-    ("mxnet2", 1e-6, "outside", 0.0, "l2"),
-    ("pytorch", 1e-10, "outside", 0.0, "l2"),
-    ("keras", 1e-7, "inside", 0.1, "decoupled"),
-    ("optax", 1e-7, "inside", 0.1, "l2"),
+    ("d2l", 1e-6, "inside", 0.0, "step", False),
+    ("mxnet1", 1e-7, "inside", 0.0, "step", False),
+    ("mxnet2", 1e-6, "outside", 0.0, "l2", False),
+    ("pytorch", 1e-10, "outside", 0.0, "l2", False),
+    ("keras", 1e-7, "inside", 0.1, "decoupled", False),
+    ("optax", 1e-7, "inside", 0.1, "l2", False),
+    ("groupadagrad", 1e-5, "inside", 0.0, "step", True),
+    ("fbgemm", 1e-8, "outside", 0.0, "l2", True),
 )}
+# presets whose framework refuses weight decay
+NO_WEIGHT_DECAY_PRESETS = ("groupadagrad",)
 
 # PyTorch's argument names, accepted with compat='pytorch': theirs -> ours
 PYTORCH_NAMES = {"lr": "learning_rate", "weight_decay": "wd"}
@@ -69,6 +87,7 @@ class AdagradOptions:
     maximize: bool = False
     rescale_grad: float = 1.0
     clip_gradient: float | None = None
+    rowwise: bool = False
 
     def __post_init__(self) -> None:
         checked = dict(
@@ -83,6 +102,7 @@ class AdagradOptions:
             rescale_grad=check_normal("rescale_grad", self.rescale_grad),
             clip_gradient=(None if self.clip_gradient is None
                            else check_normal("clip_gradient", self.clip_gradient)),
+            rowwise=check_flag("rowwise", self.rowwise),
         )
         for name, value in checked.items():
             object.__setattr__(self, name, value)

@@ -50,12 +50,17 @@ from mxnet import nd
 from .functional import Step, reference_steps
 from .options import AdagradOptions
 
-__all__ = ["BLOCK", "MIDPOINTS", "STATE_BITS", "TABLE", "QuantizedAcc", "accumulator_bytes",
-           "check_state_bits", "dense", "dequantize", "fused_quantized_steps", "host_copy",
-           "quantize", "reference_quantized_steps", "run_steps"]
+__all__ = ["BLOCK", "MIDPOINTS", "ROWWISE_REFUSAL", "STATE_BITS", "TABLE", "QuantizedAcc",
+           "accumulator_bytes", "check_state_bits", "dense", "dequantize",
+           "fused_quantized_steps", "host_copy", "quantize", "reference_quantized_steps",
+           "run_steps"]
 
 BLOCK = 256
 STATE_BITS = (8, 32)
+# why state_bits=8 and rowwise=True are refused together
+ROWWISE_REFUSAL = ("rowwise=True keeps one float32 accumulator per row (tiny already); the "
+                   "8-bit accumulator (state_bits=8) is element-wise: use state_bits=32 with "
+                   "rowwise=True")
 
 
 def _cubic_map() -> tuple[np.ndarray, np.ndarray]:

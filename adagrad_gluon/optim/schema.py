@@ -20,9 +20,9 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # the options that decide what the saved numbers mean: a resumed run must share them
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                "weight_decay_mode", "maximize", "multi_precision", "state_bits")
-# what a file written before an option existed means by its absence
-OPTION_DEFAULTS = {"state_bits": 32}
+                "weight_decay_mode", "maximize", "multi_precision", "rowwise", "state_bits")
+# options newer than some files: their value in a file that does not name them
+OPTION_DEFAULTS = {"rowwise": False, "state_bits": 32}
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 SCALARS = (bool, int, float, str, type(None))
 
@@ -59,6 +59,8 @@ class Entry:
     dtype: str  # the weight's
     update_count: int
     master: bool  # whether a float32 master weight is saved next to the accumulator
+    # lazy weight decay (optim/lazy_decay.py): the log_sum, with the row marks 'decay/<index>'
+    decay: float | None = None
     state_bits: int = 32  # 8: the accumulator is saved as codes/<index> and scales/<index>
 
     @classmethod
@@ -85,20 +87,39 @@ class Entry:
         if bits == 8 and raw["dtype"] == "float64":
             raise ValueError(f"{path}: parameter #{index} is float64, whose accumulator is "
                              f"never 8-bit")
-        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"], bits)
+        return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"],
+                   _check_decay(path, index, raw.get("decay"), shape), bits)
 
-    def members(self) -> dict[str, Member]:
-        """The arrays the entry says the file holds, each of exactly its shape and dtype."""
+    def members(self, rowwise: bool = False) -> dict[str, Member]:
+        """The arrays the entry says the file holds, each of exactly its shape and dtype (the
+        accumulator of a ``rowwise`` optimizer has one value per row: ``shape[:1]``; an 8-bit
+        one, never row-wise, has codes of the weight's shape and a scale per block)."""
         if self.state_bits == 8:
-            codes = Member("u", math.prod(self.shape), self.shape, np.dtype(np.uint8))
-            members = {f"codes/{self.index}": codes, f"scales/{self.index}": _array_member(
-                (num_blocks(math.prod(self.shape)),), np.float32)}
+            size = math.prod(self.shape)
+            members = {f"codes/{self.index}": Member("u", size, self.shape, np.dtype(np.uint8)),
+                       f"scales/{self.index}": _array_member((num_blocks(size),), np.float32)}
         else:
-            members = {f"acc/{self.index}": _array_member(self.shape,
+            acc_shape = self.shape[:1] if rowwise else self.shape
+            members = {f"acc/{self.index}": _array_member(acc_shape,
                                                           accumulator_dtype(self.dtype))}
         if self.master:
             members[f"master/{self.index}"] = _array_member(self.shape, np.float32)
+        if self.decay is not None:
+            members[f"decay/{self.index}"] = _array_member(self.shape[:1], np.float64)
         return members
+
+
+def _check_decay(path: Path, index: int, decay, shape: list[int]) -> float | None:
+    """An entry's optional ``decay`` (lazy weight decay's ``log_sum``): None, or a finite
+    number <= 0 of a parameter with rows."""
+    if decay is None:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) \
+            or not math.isfinite(decay) or decay > 0 or not shape:
+        raise ValueError(f"{path}: 'decay' of parameter #{index} must be null or a finite "
+                         f"number <= 0 (a sum of log(1 - lr * wd)) of a parameter with rows, "
+                         f"got {decay!r:.80}")
+    return float(decay)
 
 
 def _upgrade_version_1(meta: dict) -> dict:

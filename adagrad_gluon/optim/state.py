@@ -7,14 +7,18 @@ string::
 
     {"format", "version", "optimizer": "module.Class", "options": {the numerics options},
      "scheduler": null | {"class", "attributes"}, "num_update", "token",
-     "params": [{"index", "name", "shape", "dtype", "update_count", "master"}, ...]}
+     "params": [{"index", "name", "shape", "dtype", "update_count", "master"[, "decay"]
+                 [, "state_bits"]}, ...]}
 
 and one array per accumulator (``acc/<index>``, float32, float64 for float64 weights) and
 float32 master weight (``master/<index>``, where ``master`` is true); an 8-bit accumulator
 (``state_bits=8``, the entry's ``"state_bits": 8``) is saved as its uint8 codes
-(``codes/<index>``) and float32 scales (``scales/<index>``) instead of ``acc/<index>``.
-``dtype`` is the weight's (a server sees the states, not the weights: it writes float16
-where there is a master weight and the accumulator's dtype elsewhere). Version 1 files
+(``codes/<index>``) and float32 scales (``scales/<index>``) instead of ``acc/<index>``. A
+parameter with lazy weight decay pending (:mod:`adagrad_gluon.optim.lazy_decay`) has
+``decay``, its ``log_sum``, and its rows' marks ``decay/<index>`` (float64, one per row,
+between ``decay`` and 0); a file without them (all version 2 files before lazy decay) has none
+pending. ``dtype`` is the weight's (a server sees the states, not the weights: it writes
+float16 where there is a master weight and the accumulator's dtype elsewhere). Version 1 files
 (adagrad_gluon 0.1's ``save_states``: no ``optimizer``, ``scheduler``, ``token`` or
 ``master``) are read too.
 
@@ -46,12 +50,14 @@ from ._gluon import (
     counts_of_others,
     has_master,
     install_state,
+    known_device_ids,
     trained_indices,
     trainer_params,
     trainer_updaters,
 )
 from .atomic import atomic_write, remove_stale_temporaries
 from .npz import Member, NpzReader, StateFileError, check_state_array, parse_json
+from .optimizer import AdagradScratch
 from .quantized import QuantizedAcc, host_copy
 from .schema import (
     FORMAT,
@@ -93,6 +99,12 @@ class SavedStates:
         return {index: entry.update_count for index, entry in self.params.items()}
 
     @property
+    def decay(self) -> dict[int, tuple[float, np.ndarray]]:
+        """``{index: (log_sum, marks)}`` of the parameters with lazy weight decay pending."""
+        return {index: (entry.decay, self.arrays[f"decay/{index}"])
+                for index, entry in self.params.items() if entry.decay is not None}
+
+    @property
     def states(self) -> dict[int, np.ndarray | tuple[np.ndarray, np.ndarray]]:
         """Each parameter's state as the optimizer keeps it: the accumulator, or
         ``(master, accumulator)``."""
@@ -112,12 +124,16 @@ class SavedStates:
 
 def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tuple], *,
                       names: dict[int, str] | None = None, dtypes: dict[int, str] | None = None,
-                      token: str = "") -> None:
+                      shapes: dict[int, tuple] | None = None, token: str = "") -> None:
     """Write ``states`` (``{index: (master or None, acc, update count)}``, numpy arrays) of
-    ``optimizer`` to ``path`` atomically. ``names`` and ``dtypes`` are the parameters' (by
-    default ``str(index)`` and as the arrays tell: see the module docstring)."""
+    ``optimizer`` to ``path`` atomically, with their pending lazy weight decay (an
+    ``adagrad_scratch`` optimizer's :meth:`~.optimizer.AdagradScratch.lazy_decay_marks`).
+    ``names``, ``dtypes`` and ``shapes`` are the parameters' (by default ``str(index)`` and as
+    the arrays tell: see the module docstring; a row-wise accumulator tells only the number of
+    rows)."""
     arrays: dict[str, np.ndarray] = {}
     params = []
+    decay = optimizer.lazy_decay_marks() if isinstance(optimizer, AdagradScratch) else {}
     for index, (master, acc, count) in sorted(states.items()):
         quantized = isinstance(acc, QuantizedAcc)
         if quantized:
@@ -128,9 +144,13 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
             arrays[f"master/{index}"] = master
         dtype = "float16" if master is not None else np.dtype(acc.dtype).name
         params.append({"index": index, "name": (names or {}).get(index, str(index)),
-                       "shape": list(acc.shape), "dtype": (dtypes or {}).get(index, dtype),
+                       "shape": list((shapes or {}).get(index, (acc if master is None
+                                                                 else master).shape)),
+                       "dtype": (dtypes or {}).get(index, dtype),
                        "update_count": int(count), "master": master is not None,
                        **({"state_bits": 8} if quantized else {})})
+        if index in decay:
+            params[-1]["decay"], arrays[f"decay/{index}"] = decay[index]
     scheduler = optimizer.lr_scheduler
     meta = {"format": FORMAT, "version": VERSION, "optimizer": class_path(optimizer),
             "options": optimizer_options(optimizer),
@@ -164,7 +184,7 @@ def read_states_file(path: str | os.PathLike, *, what: str,
         if not arrays:
             return saved
         for entry in saved.params.values():
-            members.update(entry.members())
+            members.update(entry.members(rowwise=bool(saved.options.get("rowwise"))))
         expected = set(members) - {"meta"}
         unexpected = set(npz.names) - set(members)
         if unexpected:
@@ -175,6 +195,7 @@ def read_states_file(path: str | os.PathLike, *, what: str,
                              f"({saved.params[index].name}) is missing")
         arrays = {key: _checked_array(f"{path}: {key}", key, npz.read(key))
                   for key in sorted(expected)}
+    _check_decay_marks(saved, arrays)
     return replace(saved, arrays=arrays)
 
 
@@ -183,6 +204,17 @@ def _checked_array(source: str, key: str, array: np.ndarray) -> np.ndarray:
     if key.startswith("codes/"):
         return array
     return check_state_array(source, array, accumulator=key.startswith(("acc/", "scales/")))
+
+
+def _check_decay_marks(saved: SavedStates, arrays: dict[str, np.ndarray]) -> None:
+    """Each row's mark of lazy weight decay lies between its parameter's ``decay`` and 0 (a
+    row cannot have decayed further than its parameter, nor grown)."""
+    for index, entry in saved.params.items():
+        marks = arrays.get(f"decay/{index}")
+        if marks is not None and ((marks > 0).any() or (marks < entry.decay).any()):
+            raise ValueError(f"{saved.path}: decay/{index} holds marks outside "
+                             f"[{entry.decay!r}, 0]: not the lazy weight decay of parameter "
+                             f"#{index} ({entry.name})")
 
 
 def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
@@ -202,7 +234,11 @@ def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
     if num_update < largest:
         raise ValueError(f"{path}: num_update {num_update} is less than the largest update "
                          f"count of a parameter ({largest}): the counts are inconsistent")
-    return SavedStates(path=path, optimizer=meta["optimizer"], options=meta["options"],
+    options = {**OPTION_DEFAULTS, **meta["options"]}
+    if options["rowwise"] and any(entry.state_bits == 8 for entry in params.values()):
+        raise ValueError(f"{path}: 8-bit accumulators in a file of rowwise=True, whose "
+                         f"accumulators are float32 (one per row)")
+    return SavedStates(path=path, optimizer=meta["optimizer"], options=options,
                        scheduler=meta["scheduler"], token=meta["token"], params=params,
                        num_update=num_update)
 
@@ -219,8 +255,8 @@ def check_resumable(saved: SavedStates, optimizer, *, check_options: bool = True
     if not check_options:
         return
     current = optimizer_options(optimizer)
-    differ = {k: (saved.options.get(k, OPTION_DEFAULTS.get(k)), current[k]) for k in OPTION_NAMES
-              if saved.options.get(k, OPTION_DEFAULTS.get(k)) != current[k]}
+    differ = {k: (saved.options.get(k), current[k]) for k in OPTION_NAMES
+              if saved.options.get(k) != current[k]}
     if differ:
         listing = ", ".join(f"{k}: saved {a!r:.80}, trainer {b!r}"
                             for k, (a, b) in differ.items())
@@ -256,6 +292,17 @@ def scheduler_updates(optimizer, saved: SavedStates) -> dict:
     return updates
 
 
+def restore_lazy_decay(optimizer, saved: SavedStates) -> None:
+    """Give each of the ``adagrad_scratch`` optimizer's parameters in ``saved`` (on every
+    device it counts updates for) the lazy weight decay pending in the file: none for a
+    parameter saved without (its rows were up to date)."""
+    if not isinstance(optimizer, AdagradScratch):
+        return
+    decay = saved.decay
+    for index in saved.params:
+        optimizer.restore_lazy_decay_marks(index, known_device_ids(optimizer), decay.get(index))
+
+
 def restore_scheduler(optimizer, saved: SavedStates) -> None:
     """Continue the optimizer's ``lr_scheduler`` from the saved one, if it has the same
     class (another class starts its own schedule): its public scalar attributes (those it
@@ -274,7 +321,8 @@ def save_states(trainer: gluon.Trainer, path: str | os.PathLike) -> None:
         index: (None if master is None else master.asnumpy(), host_copy(acc), count)
         for index, (master, acc, count) in states.items()},
         names={i: params[i].name for i in states},
-        dtypes={i: np.dtype(params[i].dtype).name for i in states})
+        dtypes={i: np.dtype(params[i].dtype).name for i in states},
+        shapes={i: tuple(params[i].shape) for i in states})
 
 
 def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,
@@ -352,6 +400,7 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
     # the parameters it left
     kept = counts_of_others(optimizer, saved.params) if partial else []
     optimizer.num_update = max([saved.num_update, *kept])
+    restore_lazy_decay(optimizer, saved)
     restore_scheduler(optimizer, saved)
 
 
@@ -359,5 +408,5 @@ __all__ = ["FORMAT", "VERSION", "OPTION_NAMES", "SavedStates", "StateFileError",
            "atomic_write", "check_for_trainer", "check_resumable", "load_states",
            "load_torch_state_dict",
            "optimizer_options", "read_states_file", "remove_stale_temporaries",
-           "restore_scheduler", "save_states", "to_torch_state_dict", "trainer_updaters",
-           "write_states_file"]
+           "restore_lazy_decay", "restore_scheduler", "save_states", "to_torch_state_dict",
+           "trainer_updaters", "write_states_file"]

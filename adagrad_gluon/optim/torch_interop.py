@@ -1,7 +1,10 @@
 """PyTorch interop: an ``adagrad_scratch`` trainer's state in ``torch.optim.Adagrad``'s
 ``state_dict`` layout (``state[i] = {'step', 'sum'}`` and one param group) and back, to move a
 half-trained model between frameworks. torch is optional: without it the values are numpy
-arrays."""
+arrays. A row-wise (``rowwise=True``) state has no ``torch.optim`` equivalent; it moves to and
+from FBGEMM's ``EXACT_ROWWISE_ADAGRAD`` instead (the layout of
+``SplitTableBatchedEmbeddingBagsCodegen.split_optimizer_states()``: per table, a list holding
+its ``momentum1``, a float32 array of shape ``(rows,)``), as numpy arrays."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ def to_torch_state_dict(trainer: gluon.Trainer, params=None) -> dict:
     are not PyTorch's (eps outside the root, L2 weight decay).
     """
     optimizer, states = collect_states(trainer)
+    _refuse_rowwise(optimizer)
     order = _torch_order(trainer, params)
     if optimizer.eps_placement != "outside" or (optimizer.wd and
                                                 optimizer.weight_decay_mode != "l2"):
@@ -67,6 +71,14 @@ def to_torch_state_dict(trainer: gluon.Trainer, params=None) -> dict:
              "differentiable": False, "fused": None,
              "params": list(range(len(order)))}
     return {"state": state, "param_groups": [group]}
+
+
+def _refuse_rowwise(optimizer) -> None:
+    """``ValueError`` for a row-wise optimizer: ``torch.optim.Adagrad`` has no such state."""
+    if optimizer.rowwise:
+        raise ValueError("rowwise=True keeps one accumulator per row, which torch.optim.Adagrad "
+                         "has no state for: use to_fbgemm_optimizer_states / "
+                         "load_fbgemm_optimizer_states (FBGEMM's EXACT_ROWWISE_ADAGRAD)")
 
 
 def _numpy(value) -> np.ndarray:
@@ -153,6 +165,7 @@ def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None)
     trainer's optimizer has.
     """
     optimizer, _ = trainer_updaters(trainer)
+    _refuse_rowwise(optimizer)
     order = _torch_order(trainer, params)
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         raise ValueError("expected a torch.optim.Adagrad state_dict: a dict whose 'state' is a "
@@ -164,4 +177,56 @@ def load_torch_state_dict(trainer: gluon.Trainer, state_dict: dict, params=None)
         install_state(trainer, optimizer, *update)
 
 
-__all__ = ["to_torch_state_dict", "load_torch_state_dict"]
+def _rowwise_tables(trainer: gluon.Trainer, tables) -> tuple:
+    """``(optimizer, trainer index of each table)``; ``ValueError`` unless the optimizer is
+    row-wise."""
+    optimizer, _ = trainer_updaters(trainer)
+    if not optimizer.rowwise:
+        raise ValueError("FBGEMM's EXACT_ROWWISE_ADAGRAD state is one accumulator per row: "
+                         "the trainer's optimizer must have rowwise=True (e.g. "
+                         "compat='fbgemm')")
+    return optimizer, _torch_order(trainer, tables)
+
+
+def to_fbgemm_optimizer_states(trainer: gluon.Trainer, tables=None) -> list[list[np.ndarray]]:
+    """The row-wise accumulators of ``tables`` (the trainer's Parameters, in the order of the
+    FBGEMM module's ``embedding_specs``; by default every parameter of the trainer) in the
+    layout of FBGEMM's ``split_optimizer_states()`` for ``EXACT_ROWWISE_ADAGRAD``: one
+    ``[momentum1]`` per table, a float32 array of shape ``(rows,)``. Copy each into the
+    FBGEMM module's state (``split_optimizer_states()[t][0].copy_(torch.from_numpy(a))``)."""
+    _, order = _rowwise_tables(trainer, tables)
+    _, states = collect_states(trainer)
+    return [[states[index][1].asnumpy().astype(np.float32)] for index in order]
+
+
+def load_fbgemm_optimizer_states(trainer: gluon.Trainer, states, tables=None) -> None:
+    """Load FBGEMM ``EXACT_ROWWISE_ADAGRAD`` accumulators (``split_optimizer_states()``'s
+    layout: per table a sequence whose first element is ``momentum1``, torch tensors or
+    arrays of shape ``(rows,)``) into the row-wise ``trainer``; ``tables`` as in
+    :func:`to_fbgemm_optimizer_states`. Each must be finite, non-negative and of its table's
+    row count, and there must be one per table (``ValueError`` otherwise; nothing is loaded
+    then). The update counts stay as they are (FBGEMM keeps none)."""
+    optimizer, order = _rowwise_tables(trainer, tables)
+    if not isinstance(states, (list, tuple)) or len(states) != len(order):
+        raise ValueError(f"expected one FBGEMM optimizer state per table ({len(order)}), got "
+                         f"{states!r:.80}")
+    _, current = collect_states(trainer)
+    updates = []
+    for t, (index, table) in enumerate(zip(order, states, strict=True)):
+        param = trainer_params(trainer)[index]
+        if not isinstance(table, (list, tuple)) or len(table) < 1:
+            raise ValueError(f"FBGEMM state of table #{t} ({param.name}) must be a list "
+                             f"holding its momentum1, got {table!r:.80}")
+        source = f"FBGEMM momentum1 of table #{t} ({param.name})"
+        acc = check_state_array(source, _numpy(table[0]), shape=param.shape[:1],
+                                accumulator=True)
+        master = (param.data().astype(np.float32).asnumpy() if has_master(optimizer, param)
+                  else None)
+        updates.append((index, master, _cast(source, acc, accumulator_dtype(param.dtype)),
+                        current[index][2]))
+    for update in updates:  # all checked before any is installed
+        install_state(trainer, optimizer, *update)
+
+
+__all__ = ["to_torch_state_dict", "load_torch_state_dict", "to_fbgemm_optimizer_states",
+           "load_fbgemm_optimizer_states"]

@@ -29,6 +29,7 @@ import functools
 import os
 import threading
 import warnings
+from array import array as typed_array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,8 +69,11 @@ AGGREGATE_NUM = 1024
 # The operators' defaults for their optional attributes (as _attrs writes them)
 _DEFAULT_ATTRS = dict(eps="1e-06", rescale_grad="1.0", eps_placement="inside",
                       weight_decay_mode="step", maximize="0", multi_precision="0")
+# the row-wise operators, by: is the gradient row_sparse?
+_ROWWISE_OPS = {False: "adagrad_gluon_rowwise_update",
+                True: "adagrad_gluon_rowwise_row_sparse_update"}
 _OPS = ("adagrad_gluon_update", "adagrad_gluon_multi_update",
-        "adagrad_gluon_row_sparse_update")
+        "adagrad_gluon_row_sparse_update", *_ROWWISE_OPS.values())
 
 
 class KernelFallbackWarning(RuntimeWarning):
@@ -261,13 +265,16 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
     in one multi-tensor call (float16 weights with master copies in a call of their own; a
     single dense step by the single-tensor operator), the ``row_sparse`` ones one by one, and
     any with a master copy whose dtypes the kernels do not take (see :func:`supports`: the
-    optimizer's checks make sure of the others') through the reference.
+    optimizer's checks make sure of the others') through the reference. With
+    ``options.rowwise`` every step goes through a row-wise operator of its own.
     The operators check shapes and dtypes and raise ``mxnet.base.MXNetError`` on a mismatch,
     and on row indices out of order or range."""
     dense: dict[bool, list[Step]] = {False: [], True: []}  # by: with master weights?
     for step in steps:
         if step.master is not None and not supports(step.weight, step.acc, step.master):
             reference_steps([step], options)
+        elif options.rowwise:
+            _single_update(_ROWWISE_OPS[step.row_sparse], step, options)
         elif step.row_sparse:
             _single_update("adagrad_gluon_row_sparse_update", step, options)
         else:
@@ -289,7 +296,14 @@ def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
     _op("adagrad_gluon_multi_update")(
         *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
-        lrs=",".join([repr(float(step.lr)) for step in steps]),
-        wds=",".join([repr(float(step.wd)) for step in steps]),
+        lrs=_joined(typed_array("d", [step.lr for step in steps]).tobytes()),
+        wds=_joined(typed_array("d", [step.wd for step in steps]).tobytes()),
         **_attrs(options, with_masters),
     )
+
+
+@functools.lru_cache(maxsize=16)  # a Trainer's rates rarely change from one step to the next
+def _joined(numbers: bytes) -> str:
+    """The float64 ``numbers`` (their bytes: the key tells -0.0 from 0.0, as ``repr`` does) as
+    exact decimal strings, comma-separated: the operator's ``lrs``/``wds`` attribute."""
+    return ",".join(map(repr, typed_array("d", numbers)))

@@ -25,6 +25,18 @@
 //       attributes num_tensors, lrs, wds (comma-separated, one per tensor) and the options.
 //   adagrad_gluon_row_sparse_update(weight, grad, acc[, master])
 //       grad is row_sparse; only its rows of weight, acc (and master) change.
+//   adagrad_gluon_rowwise_update(weight, grad, acc[, master])
+//   adagrad_gluon_rowwise_row_sparse_update(weight, grad, acc[, master])
+//       row-wise Adagrad (dense or row_sparse grad): acc has shape (rows,), one value per
+//       row (axis 0) of a weight of two or more dimensions. Per row, g as above:
+//         s = s + sum_j(g_j * g_j) / n      // n: the row length
+//         u_j = (g_j * lr) / denom(s)        // denom as above
+//         w = w - u                          // l2, or wd == 0
+//         w = w - (u + w * wd * lr)          // step
+//         w = w - w * wd * lr;  w = w - u    // decoupled
+//       The sum runs left to right, Kahan-compensated for a dense grad (as MXNet's nd.mean)
+//       and plain for a row_sparse one (as MXNet's GroupAdaGrad sparse kernel); one pass over
+//       the row for the sum and one for the update.
 // Shared attributes, each optional (every attribute costs ~1 us per call, so callers leave
 // out those at their default): eps (1e-6), rescale_grad (1), clip_gradient (absent: no
 // clipping), eps_placement (inside|outside), weight_decay_mode (step|l2|decoupled),
@@ -535,15 +547,84 @@ MXReturnValue dense_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
+// Rows ahead of the one being updated whose weight, accumulator (and master) lines are
+// prefetched: a row_sparse update gathers rows the hardware prefetcher cannot predict, and one
+// row of a typical embedding (64 float32) is too short for it to start.
+constexpr int64_t kPrefetchRows = 8;
+// Bytes of a row prefetched ahead (the hardware prefetcher follows the rest of a longer row).
+constexpr int64_t kPrefetchBytes = 1024;
+
+// The first ``bytes`` (at most kPrefetchBytes) of one row, for writing.
+inline void prefetch_row(const char* row, int64_t bytes) {
+  for (int64_t b = 0; b < std::min(bytes, kPrefetchBytes); b += 64) {
+    __builtin_prefetch(row + b, 1, 3);
+  }
+}
+
+// The attributes of a single-tensor operator: layout, options, lr and wd.
+bool parse_single(const Attrs& attrs, Layout* layout, Options* options, double* lr,
+                  double* wd) {
+  return parse_layout(attrs, false, layout) && parse_options(attrs, options)
+         && get_number(attrs, "lr", lr) && get_number(attrs, "wd", wd);
+}
+
+// A row_sparse gradient's rows, checked: increasing and within [0, num_rows).
+bool check_rows(const MXSparse& grad, int64_t num_rows) {
+  for (int64_t k = 0; k < grad.indices_len; ++k) {
+    const int64_t row = grad.indices[k];
+    if (row < 0 || row >= num_rows || (k > 0 && row <= grad.indices[k - 1])) {
+      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
+                   << num_rows << "); index " << k << " is " << row;
+      return false;
+    }
+  }
+  return true;
+}
+
+// The lazy update: each row k of the gradient updates row indices[k] of weight, acc (and
+// master). Rows are the unit of parallel work (a row longer than kGrainElements is cut into
+// pieces of at most that many elements), handed out in chunks of ~kGrainElements elements;
+// each thread prefetches the rows kPrefetchRows ahead of the one it updates.
+void run_rows(const Job& table, const MXSparse& grad, int64_t row_size, size_t weight_bytes,
+              size_t acc_bytes, RangeFn kernel, const Options& options) {
+  const int64_t nnz = grad.indices_len;
+  const int64_t parts = std::max<int64_t>(1, (row_size + kGrainElements - 1) / kGrainElements);
+  const int64_t units = nnz * parts;
+  if (units == 0 || row_size == 0) return;  // a gradient without rows, or rows without columns
+  const int64_t w_row = row_size * static_cast<int64_t>(weight_bytes);
+  const int64_t s_row = row_size * static_cast<int64_t>(acc_bytes);
+  char* const weight = static_cast<char*>(table.weight);
+  char* const acc = static_cast<char*>(table.acc);
+  char* const master = static_cast<char*>(table.master);
+  const char* const data = static_cast<const char*>(grad.data);
+  const int64_t* const rows = grad.indices;
+  const int threads = nnz * row_size < kParallelMinElements
+                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), units));
+  const int64_t chunk = std::max<int64_t>(1, kGrainElements / row_size);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t k = u / parts;
+    const int64_t begin = (u % parts) * kGrainElements;
+    if (begin == 0 && k + kPrefetchRows < nnz) {
+      const int64_t ahead = rows[k + kPrefetchRows];
+      prefetch_row(weight + ahead * w_row, w_row);
+      prefetch_row(acc + ahead * s_row, s_row);
+      if (master != nullptr) prefetch_row(master + ahead * s_row, s_row);
+    }
+    const int64_t row = rows[k];
+    const Job job{weight + row * w_row, data + k * w_row, acc + row * s_row,
+                  master == nullptr ? nullptr : master + row * s_row, row_size, table.lr,
+                  table.wd};
+    kernel(job, options, begin, std::min(row_size, begin + kGrainElements));
+  }
+}
+
 MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                  std::vector<MXTensor>*, const OpResource&) {
   Layout layout;
   Options options;
   double lr, wd;
-  if (!parse_layout(attrs, false, &layout) || !parse_options(attrs, &options)
-      || !get_number(attrs, "lr", &lr) || !get_number(attrs, "wd", &wd)) {
-    return MX_FAIL;
-  }
+  if (!parse_single(attrs, &layout, &options, &lr, &wd)) return MX_FAIL;
   MXTensor& weight = (*inputs)[0];
   const MXSparse* grad = (*inputs)[1].data<MXSparse>();
   const RangeFn kernel = pick_kernel(weight.dtype, layout.master, wd, options);
@@ -552,37 +633,273 @@ MXReturnValue row_sparse_forward(const Attrs& attrs, std::vector<MXTensor>* inpu
     return MX_FAIL;
   }
   const int64_t num_rows = weight.shape.empty() ? 1 : weight.shape[0];
+  if (!check_rows(*grad, num_rows)) return MX_FAIL;
   const int64_t row_size = num_rows == 0 ? 0 : weight.size() / num_rows;
-  const int64_t nnz = grad->indices_len;
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t row = grad->indices[k];
-    if (row < 0 || row >= num_rows || (k > 0 && row <= grad->indices[k - 1])) {
-      MX_ERROR_MSG << "row_sparse gradient: row indices must be increasing and within [0, "
-                   << num_rows << "); index " << k << " is " << row;
-      return MX_FAIL;
-    }
-  }
   const size_t weight_bytes = weight.dtype == mxnet::ext::kFloat64   ? 8
                               : weight.dtype == mxnet::ext::kFloat32 ? 4
                                                                      : 2;
   const size_t acc_bytes = weight.dtype == mxnet::ext::kFloat64 ? 8 : 4;
-  std::vector<Job> jobs;
-  std::vector<RangeFn> kernels(static_cast<size_t>(nnz), kernel);
-  jobs.reserve(static_cast<size_t>(nnz));
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t row = grad->indices[k];
-    char* master = layout.master ? static_cast<char*>((*inputs)[3].data_ptr) : nullptr;
-    jobs.push_back({static_cast<char*>(weight.data_ptr) + row * row_size * weight_bytes,
-                    static_cast<const char*>(grad->data) + k * row_size * weight_bytes,
-                    static_cast<char*>((*inputs)[2].data_ptr) + row * row_size * acc_bytes,
-                    master ? master + row * row_size * acc_bytes : nullptr, row_size, lr, wd});
-  }
-  run_jobs(jobs, kernels, options);
+  const Job table{weight.data_ptr, nullptr, (*inputs)[2].data_ptr,
+                  layout.master ? (*inputs)[3].data_ptr : nullptr, row_size, lr, wd};
+  run_rows(table, *grad, row_size, weight_bytes, acc_bytes, kernel, options);
   return MX_SUCCESS;
 }
 
 MXReturnValue row_sparse_parse(const Attrs& attrs, int* num_in, int* num_out) {
   return dense_parse(attrs, false, num_in, num_out);
+}
+
+// -- row-wise Adagrad -----------------------------------------------------------------------
+
+// One row-wise update: rows of length row_size; row k of grad updates row rows[k] of weight,
+// acc (one value per row) and master, or row k if rows is nullptr (a dense gradient).
+struct RowTask {
+  void* weight;
+  const void* grad;
+  void* acc;
+  void* master;
+  const int64_t* rows;
+  int64_t row_size;
+  double lr;
+  double wd;
+};
+
+// The gradient as the step prepares it (rescale, clip, maximize, l2), in A; wv: the weight.
+template <Decay kDecay, typename A>
+inline A prepared(A grad, A wv, const Scalars<A>& c) {
+  A g = grad * c.rescale;
+  g = g > c.hi ? c.hi : (g < c.lo ? c.lo : g);
+  g = c.maximize ? -g : g;
+  if constexpr (kDecay == Decay::kL2) g = g + wv * c.wd;
+  return g;
+}
+
+// The weight's element j in A (from the master copy if kept).
+template <typename W, typename A, bool kMaster>
+inline A weight_at(const W* w, const A* m, int64_t j) {
+  if constexpr (kMaster) {
+    return m[j];
+  } else {
+    return load<A>(w[j]);
+  }
+}
+
+// Rows whose sums of squares are computed side by side: each row's sum still runs left to
+// right, in its own order, but the independent dependency chains of kRowBlock rows overlap.
+constexpr int64_t kRowBlock = 8;
+
+template <typename W, typename A, bool kMaster>
+struct RowView {
+  W* __restrict w;
+  const W* __restrict g;
+  A* __restrict m;
+  A* s;
+};
+
+template <typename W, typename A, bool kMaster>
+inline RowView<W, A, kMaster> row_view(const RowTask& task, int64_t k) {
+  const int64_t n = task.row_size;
+  const int64_t row = task.rows == nullptr ? k : task.rows[k];
+  return {static_cast<W*>(task.weight) + row * n, static_cast<const W*>(task.grad) + k * n,
+          kMaster ? static_cast<A*>(task.master) + row * n : nullptr,
+          static_cast<A*>(task.acc) + row};
+}
+
+// Columns per tile of row_sums: the squares of kRowBlock rows of a tile fit in L1.
+constexpr int64_t kSumTile = 128;
+
+// The sums of the squared prepared gradients of rows[0..count) (count <= kRowBlock), each
+// left to right; kKahan: compensated (a dense gradient, as nd.mean) or plain (row_sparse, as
+// GroupAdaGrad's kernel). Per tile of columns, the squares are computed first (a vectorisable
+// loop per row), then added in column order, the kRowBlock rows' chains side by side.
+template <typename W, typename A, bool kMaster, Decay kDecay, bool kKahan>
+inline void row_sums(const RowView<W, A, kMaster>* rows, int64_t count, int64_t n,
+                     const Scalars<A>& scalars, A* sums) {
+  const Scalars<A> c = scalars;  // a local copy: its fields stay in registers
+  A residual[kRowBlock] = {};
+  A squares[kRowBlock][kSumTile];
+  for (int64_t r = 0; r < count; ++r) sums[r] = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kSumTile) {
+    const int64_t len = std::min(kSumTile, n - j0);
+    for (int64_t r = 0; r < count; ++r) {
+      const W* __restrict g = rows[r].g + j0;
+      const W* __restrict w = rows[r].w + j0;
+      const A* __restrict m = kMaster ? rows[r].m + j0 : nullptr;
+      A* __restrict out = squares[r];
+      for (int64_t j = 0; j < len; ++j) {
+        const A x = prepared<kDecay>(load<A>(g[j]), weight_at<W, A, kMaster>(w, m, j), c);
+        out[j] = x * x;
+      }
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      for (int64_t r = 0; r < count; ++r) {
+        const A square = squares[r][j];
+        if constexpr (kKahan) {
+          const A y = square - residual[r];
+          const A t = sums[r] + y;
+          residual[r] = (t - sums[r]) - y;
+          sums[r] = t;
+        } else {
+          sums[r] = sums[r] + square;
+        }
+      }
+    }
+  }
+}
+
+// Update one row, given the sum of its squared prepared gradient.
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace>
+inline void row_step(const RowView<W, A, kMaster>& row, int64_t n, const Scalars<A>& scalars,
+                     A sum) {
+  const Scalars<A> c = scalars;  // a local copy: its fields stay in registers
+  const A acc = *row.s + sum / static_cast<A>(n);
+  *row.s = acc;
+  A denom = kPlace == Placement::kInside ? std::sqrt(acc + c.eps) : std::sqrt(acc) + c.eps;
+  if (c.guard_zero) denom = denom + (denom == A(0) ? A(1) : A(0));
+  W* __restrict w = row.w;
+  const W* __restrict g = row.g;
+  A* __restrict m = row.m;
+  for (int64_t j = 0; j < n; ++j) {
+    A wv = weight_at<W, A, kMaster>(w, m, j);
+    const A u = (prepared<kDecay>(load<A>(g[j]), wv, c) * c.lr) / denom;
+    if constexpr (kDecay == Decay::kStep) {
+      wv = wv - (u + wv * c.wd * c.lr);
+    } else if constexpr (kDecay == Decay::kDecoupled) {
+      wv = wv - wv * c.wd * c.lr;
+      wv = wv - u;
+    } else {
+      wv = wv - u;
+    }
+    if constexpr (kMaster) m[j] = wv;
+    store(wv, &w[j]);
+  }
+}
+
+// Prefetch the weight (and master) row and the accumulator of update k.
+template <typename W, typename A, bool kMaster>
+inline void prefetch_task_row(const RowTask& task, int64_t k) {
+  const RowView<W, A, kMaster> row = row_view<W, A, kMaster>(task, k);
+  prefetch_row(reinterpret_cast<const char*>(row.w), task.row_size * sizeof(W));
+  if constexpr (kMaster) {
+    prefetch_row(reinterpret_cast<const char*>(row.m), task.row_size * sizeof(A));
+  }
+  __builtin_prefetch(row.s, 1, 3);
+}
+
+template <typename W, typename A, bool kMaster, Decay kDecay, Placement kPlace, bool kKahan>
+void rowwise_rows(const RowTask& task, const Options& options, int64_t count) {
+  const Job scalars_of{nullptr, nullptr, nullptr, nullptr, 0, task.lr, task.wd};
+  const Scalars<A> c(options, scalars_of);
+  const int64_t n = task.row_size;
+  const int64_t blocks = (count + kRowBlock - 1) / kRowBlock;
+  const int threads = count * n < kParallelMinElements
+                          ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), blocks));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (threads > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t first = b * kRowBlock;
+    const int64_t size = std::min(kRowBlock, count - first);
+    for (int64_t k = first + kRowBlock; k < std::min(count, first + 2 * kRowBlock); ++k) {
+      prefetch_task_row<W, A, kMaster>(task, k);
+    }
+    RowView<W, A, kMaster> rows[kRowBlock];
+    A sums[kRowBlock];
+    for (int64_t r = 0; r < size; ++r) rows[r] = row_view<W, A, kMaster>(task, first + r);
+    if (size == kRowBlock) {
+      row_sums<W, A, kMaster, kDecay, kKahan>(rows, kRowBlock, n, c, sums);
+    } else {
+      row_sums<W, A, kMaster, kDecay, kKahan>(rows, size, n, c, sums);
+    }
+    for (int64_t r = 0; r < size; ++r) {
+      row_step<W, A, kMaster, kDecay, kPlace>(rows[r], n, c, sums[r]);
+    }
+  }
+}
+
+using RowsFn = void (*)(const RowTask&, const Options&, int64_t);
+
+template <typename W, typename A, bool kMaster, Decay kDecay, bool kKahan>
+RowsFn rowwise_pick_placement(Placement placement) {
+  return placement == Placement::kInside
+             ? rowwise_rows<W, A, kMaster, kDecay, Placement::kInside, kKahan>
+             : rowwise_rows<W, A, kMaster, kDecay, Placement::kOutside, kKahan>;
+}
+
+template <typename W, typename A, bool kMaster, bool kKahan>
+RowsFn rowwise_pick_decay(Decay decay, Placement placement) {
+  switch (decay) {
+    case Decay::kStep:
+      return rowwise_pick_placement<W, A, kMaster, Decay::kStep, kKahan>(placement);
+    case Decay::kL2: return rowwise_pick_placement<W, A, kMaster, Decay::kL2, kKahan>(placement);
+    case Decay::kDecoupled:
+      return rowwise_pick_placement<W, A, kMaster, Decay::kDecoupled, kKahan>(placement);
+    default: return rowwise_pick_placement<W, A, kMaster, Decay::kNone, kKahan>(placement);
+  }
+}
+
+template <bool kKahan>
+RowsFn rowwise_pick(int weight_type, bool master, double wd, const Options& o) {
+  const Decay decay = wd == 0.0 ? Decay::kNone : o.decay_mode;
+  switch (weight_type) {
+    case mxnet::ext::kFloat32:
+      return rowwise_pick_decay<float, float, false, kKahan>(decay, o.placement);
+    case mxnet::ext::kFloat64:
+      return rowwise_pick_decay<double, double, false, kKahan>(decay, o.placement);
+    case mxnet::ext::kFloat16:
+      return master ? rowwise_pick_decay<uint16_t, float, true, kKahan>(decay, o.placement)
+                    : rowwise_pick_decay<uint16_t, float, false, kKahan>(decay, o.placement);
+    default: return nullptr;
+  }
+}
+
+// weight (rows, ...) of two or more dimensions, grad and master of its shape, acc (rows,).
+MXReturnValue rowwise_infer_shape(const Attrs& attrs,
+                                  std::vector<std::vector<unsigned int>>* in,
+                                  std::vector<std::vector<unsigned int>>*) {
+  Layout layout;
+  if (!parse_layout(attrs, false, &layout)) return MX_FAIL;
+  const std::vector<unsigned int>& weight = (*in)[0];
+  if (weight.size() < 2) {
+    MX_ERROR_MSG << "row-wise Adagrad needs a weight of two or more dimensions";
+    return MX_FAIL;
+  }
+  bool ok = (*in)[1] == weight && (*in)[2] == std::vector<unsigned int>{weight[0]};
+  if (layout.master) ok = ok && (*in)[3] == weight;
+  if (!ok) {
+    MX_ERROR_MSG << "row-wise Adagrad: grad (and master) must have the weight's shape and acc "
+                 << "the shape (rows,)";
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+template <bool kSparseGrad>
+MXReturnValue rowwise_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  double lr, wd;
+  if (!parse_single(attrs, &layout, &options, &lr, &wd)) return MX_FAIL;
+  MXTensor& weight = (*inputs)[0];
+  // kKahan (a dense gradient) iff !kSparseGrad
+  const RowsFn update = rowwise_pick<!kSparseGrad>(weight.dtype, layout.master, wd, options);
+  if (update == nullptr) {
+    MX_ERROR_MSG << "unsupported weight type " << weight.dtype;
+    return MX_FAIL;
+  }
+  const int64_t num_rows = weight.shape[0];
+  const int64_t row_size = num_rows == 0 ? 0 : weight.size() / num_rows;
+  RowTask task{weight.data_ptr, (*inputs)[1].data_ptr, (*inputs)[2].data_ptr,
+               layout.master ? (*inputs)[3].data_ptr : nullptr, nullptr, row_size, lr, wd};
+  int64_t count = num_rows;
+  if constexpr (kSparseGrad) {
+    const MXSparse* grad = (*inputs)[1].data<MXSparse>();
+    if (!check_rows(*grad, num_rows)) return MX_FAIL;
+    count = grad->indices_len;
+    task.grad = grad->data;
+    task.rows = grad->indices;
+  }
+  if (row_size > 0) update(task, options, count);
+  return MX_SUCCESS;
 }
 
 }  // namespace
@@ -610,6 +927,22 @@ REGISTER_OP(adagrad_gluon_row_sparse_update)
     .setInferSType(infer_storage<true>)
     .setMutateInputs(mutate_inputs<false>)
     .setForward(row_sparse_forward, "cpu");
+
+REGISTER_OP(adagrad_gluon_rowwise_update)
+    .setParseAttrs(single_parse)
+    .setInferShape(rowwise_infer_shape)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(rowwise_forward<false>, "cpu");
+
+REGISTER_OP(adagrad_gluon_rowwise_row_sparse_update)
+    .setParseAttrs(row_sparse_parse)
+    .setInferShape(rowwise_infer_shape)
+    .setInferType(infer_type<false>)
+    .setInferSType(infer_storage<true>)
+    .setMutateInputs(mutate_inputs<false>)
+    .setForward(rowwise_forward<true>, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version < 10700) {

@@ -1,0 +1,410 @@
+"""How fast is one lazy (row_sparse) Adagrad step on an embedding table? ``adagrad_scratch``
+against MXNet's, PyTorch's and FBGEMM's sparse Adagrads, side by side in one run.
+
+The table is ``--table`` x ``--width`` float32 (default 1M x 64); each step updates
+``--rows`` (10k) unique rows drawn from a power law (Zipf, exponent ``--alpha``, weighted
+sampling without replacement; the popular ids are scattered over the table by a fixed
+permutation, as hashed ids are), sorted, with fixed random gradients. ``--batches`` such row
+sets are made up front and the steps cycle through them (each method in the same order), so
+the rows are not the same cache-hot ones every step. Methods (wd = 0, lr 0.01, eps 1e-6; each
+on its own copy of the table):
+
+* ``adagrad_scratch`` elementwise and row-wise (``rowwise=True``), fused kernels, through
+  ``mx.optimizer.get_updater`` as ``gluon.Trainer`` calls it, with a row_sparse gradient;
+* MXNet's built-in ``adagrad`` (its sparse update) and ``contrib.GroupAdaGrad`` (row-wise),
+  the same way;
+* ``torch.optim.Adagrad`` with the gradient as ``nn.Embedding(sparse=True)`` makes it (an
+  uncoalesced ``torch.sparse_coo_tensor``), ``optimizer.step()`` timed;
+* FBGEMM's CPU ``EXACT_ROWWISE_ADAGRAD`` (``fbgemm-gpu-cpu``, where it imports beside torch):
+  its TBE op fuses the update into the backward of the lookup, so a bag-size-1 lookup of the
+  step's rows is timed forward alone and forward + backward (fixed output gradient); the
+  update is reported as their difference (minimum minus minimum).
+
+Time per step is the minimum (and median) over interleaved repeats (``bench_update.measure``),
+after one warm-up cycle of the row sets; ``OMP_WAIT_POLICY`` is ``PASSIVE`` unless set (so
+one runtime's idle threads do not spin on the cores the next method needs).
+Each method is reported in rows/s and in GB/s at the bytes its update must move per row:
+elementwise float32 reads w, g, s and writes w, s (20 B per element) plus the 8 B index;
+row-wise reads w, g and writes w (12 B per element) plus the row's accumulator (read and
+written, 8 B) and the index (8 B). The bound for each is ``gather_bound.cc`` beside this file,
+a plain loop gathering the same rows with that traffic, measured in the same run; "of bound"
+is the bound's time / the method's time.
+
+    python benchmarks/bench_sparse.py [--repeats 7] [--rows 10000] [--width 64]
+                                      [--table 1000000] [--threads N]
+
+Not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# Three OpenMP runtimes take turns here (MXNet's, the kernels' and the bounds' libgomp, torch's
+# own): threads that spin after their loop (the default) steal the cores of the next method on
+# a small machine, so they sleep instead, unless the caller says otherwise. Set before MXNet
+# and torch load their runtimes, which read it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import nd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_update import _usable_cpus, compile_library, measure  # noqa: E402
+from readme_tables import README, markdown_table, provenance, write_section  # noqa: E402
+
+import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
+from adagrad_gluon.optim import kernels  # noqa: E402
+from adagrad_gluon.optim.functional import Step as UpdateStep  # noqa: E402
+from adagrad_gluon.optim.options import AdagradOptions  # noqa: E402
+from adagrad_gluon.validation import positive_float, positive_int  # noqa: E402
+
+LR, EPS = 0.01, 1e-6
+BOUND_SOURCE = Path(__file__).resolve().parent / "gather_bound.cc"
+ELEMENTWISE, ROWWISE = "elementwise", "row-wise"
+FUSED = "adagrad_scratch fused"
+FUSED_ROWWISE = "adagrad_scratch fused rowwise=True"
+OPERATOR = "adagrad_scratch operator alone"
+BUILTIN = "mxnet adagrad (built-in, sparse)"
+GROUP = "mxnet contrib.GroupAdaGrad"
+TORCH = "torch Adagrad, sparse grad"
+FBGEMM = "fbgemm EXACT_ROWWISE_ADAGRAD (bwd)"
+FBGEMM_FWD, FBGEMM_BOTH = "fbgemm TBE forward only", "fbgemm TBE forward+backward"
+BOUNDS = {ELEMENTWISE: "gather bound elementwise", ROWWISE: "gather bound row-wise"}
+# the traffic (and bound) each method is measured against
+KIND = {**dict.fromkeys((FUSED, OPERATOR, BUILTIN, TORCH, BOUNDS[ELEMENTWISE]), ELEMENTWISE),
+        **dict.fromkeys((FUSED_ROWWISE, GROUP, FBGEMM, FBGEMM_FWD, FBGEMM_BOTH, BOUNDS[ROWWISE]),
+                        ROWWISE)}
+
+Step = Callable[[], None]
+
+
+class Case:
+    """The table, the row sets (each sorted, unique) and their gradients, as numpy arrays."""
+
+    def __init__(self, table: int, width: int, rows: int, batches: int, alpha: float,
+                 seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.table, self.width = table, width
+        self.weight = rng.standard_normal((table, width), dtype=np.float32)
+        self.rows = [power_law_rows(rng, table, rows, alpha) for _ in range(batches)]
+        self.grads = [rng.standard_normal((rows, width), dtype=np.float32)
+                      for _ in range(batches)]
+
+
+def power_law_rows(rng: np.random.Generator, table: int, count: int,
+                   alpha: float) -> np.ndarray:
+    """``count`` unique row ids of ``[0, table)``, sorted, drawn without replacement with
+    probability ~ rank**-alpha (Efraimidis-Spirakis keys), ranks scattered over the table by a
+    permutation fixed for ``table``."""
+    if not 0 < count <= table:
+        raise ValueError(f"rows must be in [1, table={table}], got {count}")
+    keys = rng.exponential(size=table) * np.arange(1, table + 1, dtype=np.float64) ** alpha
+    ranks = np.argpartition(keys, count - 1)[:count]
+    scatter = np.random.default_rng(table).permutation(table)
+    return np.sort(scatter[ranks]).astype(np.int64)
+
+
+def cycling(items: list) -> Callable[[], object]:
+    """The items one after the other, round and round."""
+    return itertools.cycle(items).__next__
+
+
+def row_sparse_grads(case: Case) -> list[nd.NDArray]:
+    """The case's gradients as MXNet row_sparse arrays."""
+    return [nd.sparse.row_sparse_array((nd.array(g), nd.array(r, dtype="int64")),
+                                       shape=case.weight.shape)
+            for g, r in zip(case.grads, case.rows, strict=True)]
+
+
+def mxnet_step(case: Case, optimizer: mx.optimizer.Optimizer) -> Step:
+    """One update by ``optimizer`` with a row_sparse gradient, as ``gluon.Trainer`` runs it."""
+    weight = nd.array(case.weight)
+    updater, grad = mx.optimizer.get_updater(optimizer), cycling(row_sparse_grads(case))
+
+    def step() -> None:
+        updater([0], [grad()], [weight])
+
+    return step
+
+
+def fused_operator(case: Case) -> Step:
+    """The fused row_sparse operator alone (``kernels.fused_steps``), without the optimizer's
+    per-call work: its checks (a host sync of the rows), update counts and learning rates."""
+    weight, acc = nd.array(case.weight), nd.zeros(case.weight.shape)
+    grad, options = cycling(row_sparse_grads(case)), AdagradOptions(eps=EPS)
+
+    def step() -> None:
+        kernels.fused_steps([UpdateStep(weight, grad(), acc, None, LR, 0.0, True)], options)
+
+    return step
+
+
+def mxnet_method(name: str, **options) -> Callable[[Case], Step]:
+    def make(case: Case) -> Step:
+        return mxnet_step(case, mx.optimizer.create(name, learning_rate=LR, **options))
+
+    return make
+
+
+def torch_sparse(threads: int) -> Callable[[Case], Step]:
+    def make(case: Case) -> Step:
+        import torch
+
+        param = torch.nn.Parameter(torch.from_numpy(case.weight.copy()))
+        optimizer = torch.optim.Adagrad([param], lr=LR, eps=EPS)
+        grads = [torch.sparse_coo_tensor(torch.from_numpy(r)[None], torch.from_numpy(g),
+                                         case.weight.shape, check_invariants=False)
+                 for g, r in zip(case.grads, case.rows, strict=True)]
+        grad = cycling(grads)
+
+        def step() -> None:
+            torch.set_num_threads(threads)
+            param.grad = grad()
+            optimizer.step()
+
+        return step
+
+    return make
+
+
+def fbgemm_steps(threads: int) -> dict[str, Callable[[Case], Step]]:
+    """FBGEMM's TBE lookup forward only, and forward + backward (the update runs in the
+    backward); raises ImportError if fbgemm_gpu does not import."""
+    import torch
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        EmbeddingLocation,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    def make(backward: bool) -> Callable[[Case], Step]:
+        def build(case: Case) -> Step:
+            tbe = SplitTableBatchedEmbeddingBagsCodegen(
+                [(case.table, case.width, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+                optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=LR, eps=EPS,
+                pooling_mode=PoolingMode.SUM)
+            with torch.no_grad():
+                tbe.split_embedding_weights()[0].copy_(torch.from_numpy(case.weight))
+            offsets = torch.arange(len(case.rows[0]) + 1, dtype=torch.int64)
+            batches = cycling([(torch.from_numpy(r), torch.from_numpy(g))
+                               for r, g in zip(case.rows, case.grads, strict=True)])
+
+            def step() -> None:
+                torch.set_num_threads(threads)
+                rows, grad = batches()
+                if backward:
+                    tbe(rows, offsets).backward(grad)
+                else:
+                    with torch.no_grad():
+                        tbe(rows, offsets)
+
+            return step
+
+        return build
+
+    return {FBGEMM_FWD: make(False), FBGEMM_BOTH: make(True)}
+
+
+def bound_step(function: Callable, threads: int) -> Callable[[Case], Step]:
+    """The gather bound ``function`` on the case's rows (its own table and accumulator)."""
+    def make(case: Case) -> Step:
+        weight = case.weight.copy()
+        # filled, not np.zeros: its pages are mapped now, as MXNet's and torch's states are
+        acc = np.full(case.weight.shape if function.__name__ == "gather_bound"
+                      else case.table, 0.0, np.float32)
+        batches = cycling(list(zip(case.rows, case.grads, strict=True)))
+
+        def step() -> None:
+            rows, grad = batches()
+            function(weight.ctypes.data, grad.ctypes.data, acc.ctypes.data, rows.ctypes.data,
+                     len(rows), case.width, LR, threads)
+
+        return step
+
+    return make
+
+
+def load_bounds(directory: str) -> dict[str, Callable]:
+    """The two loops of ``gather_bound.cc``, compiled as the fused kernels are."""
+    library = compile_library(BOUND_SOURCE, directory)
+    functions = {}
+    for kind, symbol in ((ELEMENTWISE, "gather_bound"), (ROWWISE, "gather_bound_rowwise")):
+        function = getattr(library, symbol)
+        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64,
+                                                     ctypes.c_float, ctypes.c_int]
+        function.restype = None
+        functions[kind] = function
+    return functions
+
+
+def methods(threads: int, notes: list[str]) -> dict[str, Callable[[Case], Step]]:
+    """Every method that can run here; what cannot is said in ``notes``."""
+    chosen = {FUSED: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS),
+              OPERATOR: fused_operator,
+              FUSED_ROWWISE: mxnet_method("adagrad_scratch", kernel="fused", eps=EPS,
+                                          rowwise=True)}
+    chosen[BUILTIN] = mxnet_method("adagrad", eps=EPS)
+    chosen[GROUP] = lambda case: mxnet_step(case, mx.optimizer.contrib.GroupAdaGrad(
+        learning_rate=LR, eps=EPS))
+    try:
+        import torch
+    except ImportError:
+        notes.append("torch: not installed (pip install adagrad-gluon[torch])")
+        return chosen
+    chosen[TORCH] = torch_sparse(threads)
+    try:
+        import fbgemm_gpu
+
+        chosen.update(fbgemm_steps(threads))
+        notes.append(f"fbgemm_gpu {fbgemm_gpu.__version__} beside torch {torch.__version__}")
+    except (ImportError, OSError) as exc:
+        notes.append(f"fbgemm: does not import beside torch {torch.__version__} "
+                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+    return chosen
+
+
+def bytes_per_row(kind: str, width: int) -> int:
+    """Bytes one updated float32 row must move, its 8-byte index included."""
+    return 20 * width + 8 if kind == ELEMENTWISE else 12 * width + 8 + 8
+
+
+def main(argv: list[str] | None = None) -> None:
+    raw_argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--rows", type=positive_int, default=10_000,
+                        help="unique rows per step")
+    parser.add_argument("--width", type=positive_int, default=64)
+    parser.add_argument("--table", type=positive_int, default=1_000_000,
+                        help="rows of the table")
+    parser.add_argument("--batches", type=positive_int, default=8, help="row sets cycled through")
+    parser.add_argument("--alpha", type=positive_float, default=1.05, help="power-law exponent")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="OpenMP threads of the fused kernels, the bounds, torch and fbgemm; "
+                             "default: kernels.num_threads()")
+    parser.add_argument("--seconds", type=positive_float, default=0.15,
+                        help="target duration of one repeat of one method")
+    parser.add_argument("--readme", nargs="?", const=README, type=Path,
+                        help="write the table into this README (default: the repository's)")
+    args = parser.parse_args(argv)
+    if args.rows > args.table:
+        parser.error(f"--rows {args.rows} exceeds --table {args.table}")
+    kernels.load()
+    if args.threads:
+        kernels.set_num_threads(args.threads)
+    threads = kernels.num_threads()
+    case = Case(args.table, args.width, args.rows, args.batches, args.alpha)
+    notes: list[str] = []
+    makers = methods(threads, notes)
+    with tempfile.TemporaryDirectory() as directory:
+        bounds = load_bounds(directory)
+    makers.update({BOUNDS[kind]: bound_step(f, threads) for kind, f in bounds.items()})
+    print(f"mxnet {mx.__version__}; machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} "
+          f"usable; threads: fused kernels, bounds, torch and fbgemm {threads}; MXNet built-ins "
+          f"MXNet's own (MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}); "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    for note in notes:
+        print(f"note: {note}")
+    steps = {name: make(case) for name, make in makers.items()}
+    for step in steps.values():  # one cycle of the row sets: every row a method touches
+        for _ in range(args.batches):
+            step()
+        nd.waitall()
+    times = measure(steps, args.repeats, args.seconds)
+    del steps
+    best = report(args, times)
+    if args.readme:
+        write_section("benchmarks/bench_sparse.py", "\n\n".join(
+            [readme_table(args, best),
+             provenance(shlex.join(["python", "benchmarks/bench_sparse.py", *raw_argv]),
+                        threads)]), args.readme)
+        print(f"\nwrote the table into {args.readme}")
+
+
+def report(args: argparse.Namespace, times: dict[str, list]) -> dict[str, float]:
+    """Print per method ms/step (min, median), rows/s, bytes per row, GB/s and the fraction of
+    its bound; then the issue's targets. Return each method's minimum seconds per step."""
+    best = {name: min(t) for name, t in times.items()}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    if FBGEMM_BOTH in best and best[FBGEMM_BOTH] > best[FBGEMM_FWD]:
+        best[FBGEMM] = best[FBGEMM_BOTH] - best[FBGEMM_FWD]
+        median[FBGEMM] = max(median[FBGEMM_BOTH] - median[FBGEMM_FWD], 0.0)
+    elif FBGEMM_BOTH in best:
+        print("note: fbgemm's update could not be timed (its forward+backward was not slower "
+              "than its forward alone in this run)")
+    print(f"\n{args.table} x {args.width} float32 table, {args.rows} unique power-law rows "
+          f"(alpha {args.alpha}) per step, {args.batches} row sets cycled; min / median of "
+          f"{args.repeats} repeats")
+    print(f"  {'method':38} {'ms/step':>8} {'median':>8} {'rows/s':>9} {'B/row':>6} "
+          f"{'GB/s':>6} {'of bound':>8}")
+    for name in best:
+        traffic = [f"{v:>{w}}" for v, w in zip(_traffic(args, best, name), (6, 6, 8),
+                                                strict=True)]
+        print(f"  {name:38} {best[name] * 1e3:8.3f} {median[name] * 1e3:8.3f} "
+              f"{args.rows / best[name]:9.3g} {' '.join(traffic)}")
+    print("  targets:")
+    for text, ratio, goal in targets(best):
+        print(f"    {text:58} {ratio:7.2f}  {'holds' if ratio >= goal else 'MISSED'} "
+              f"(>= {goal:g})")
+    print(f"  the most any method moving the elementwise bytes can gain over the built-in "
+          f"(built-in / elementwise bound): {best[BUILTIN] / best[BOUNDS[ELEMENTWISE]]:.2f}x")
+    return best
+
+
+def _traffic(args: argparse.Namespace, best: dict[str, float], name: str) -> tuple[str, ...]:
+    """Bytes per row, GB/s and fraction of the bound of method ``name``; dashes for FBGEMM's
+    lookups, which are no update."""
+    if name in (FBGEMM_FWD, FBGEMM_BOTH):
+        return "-", "-", "-"
+    size = bytes_per_row(KIND[name], args.width)
+    return (str(size), f"{args.rows * size / best[name] / 1e9:.2f}",
+            f"{best[BOUNDS[KIND[name]]] / best[name]:.1%}")
+
+
+def readme_table(args: argparse.Namespace, best: dict[str, float]) -> str:
+    """The README's table: per method ms/step, rows/s, GB/s, fraction of its bound and its
+    time relative to adagrad_scratch fused (elementwise)."""
+    rows = []
+    for name in best:
+        _, gbs, fraction = _traffic(args, best, name)
+        rows.append([name, f"{best[name] * 1e3:.3f}", f"{args.rows / best[name]:.3g}", gbs,
+                     fraction, f"{best[name] / best[FUSED]:.2f}×"])
+    caption = (f"{args.table:,} × {args.width} float32 table, {args.rows:,} unique power-law "
+               f"rows per step (min of {args.repeats} interleaved repeats):")
+    header = ["method", "ms/step", "rows/s", "GB/s", "of its bound", "time / fused"]
+    return caption + "\n\n" + markdown_table(header, rows)
+
+
+def targets(best: dict[str, float]) -> list[tuple[str, float, float]]:
+    """The issue's targets that the measured methods allow: (what, ratio, goal)."""
+    fused = best[FUSED]
+    found = [(f"{BUILTIN} / {FUSED}", best[BUILTIN] / fused, 10.0),
+             ("fraction of the elementwise bound", best[BOUNDS[ELEMENTWISE]] / fused, 0.5)]
+    if TORCH in best:
+        found.append((f"{TORCH} / {FUSED}", best[TORCH] / fused, 1.0))
+    if FBGEMM in best:
+        found.append((f"{FBGEMM[:24]} / {FUSED} (2x)", 2 * best[FBGEMM] / fused, 1.0))
+        if FUSED_ROWWISE in best:
+            found.append((f"{FBGEMM[:24]} / rowwise (2x)", 2 * best[FBGEMM] / best[FUSED_ROWWISE],
+                          1.0))
+    if FUSED_ROWWISE in best:
+        found.append(("fraction of the row-wise bound",
+                      best[BOUNDS[ROWWISE]] / best[FUSED_ROWWISE], 0.5))
+    return found
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""benchmarks/bench_sparse.py: its row sets, its bound loops and one small run (correctness of
+what it measures, never its speed)."""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+with mock.patch.dict(os.environ):  # the OMP_WAIT_POLICY it sets is for its own runs
+    import bench_sparse  # noqa: E402
+import readme_tables  # noqa: E402
+
+
+def test_power_law_rows_are_unique_sorted_in_range_and_skewed():
+    rng = np.random.default_rng(0)
+    sets = [bench_sparse.power_law_rows(rng, 50_000, 2_000, 1.05) for _ in range(20)]
+    for rows in sets:
+        assert rows.dtype == np.int64 and rows.shape == (2_000,)
+        assert (np.diff(rows) > 0).all() and rows[0] >= 0 and rows[-1] < 50_000
+    # the most popular id (rank 1, scattered to the same row every time) is in nearly every
+    # set, while a uniform draw would put a given row in 4% of them
+    counts = np.bincount(np.concatenate(sets), minlength=50_000)
+    assert counts.max() == 20
+    assert (counts >= 15).sum() > 100
+
+
+@pytest.mark.parametrize("count", [0, -1, 11])
+def test_power_law_rows_refuse_a_count_outside_the_table(count):
+    with pytest.raises(ValueError, match=r"rows must be in \[1, table=10\]"):
+        bench_sparse.power_law_rows(np.random.default_rng(0), 10, count, 1.0)
+
+
+@pytest.mark.parametrize("kind", [bench_sparse.ELEMENTWISE, bench_sparse.ROWWISE])
+def test_the_bound_loops_update_exactly_the_given_rows(kind):
+    """The bound moves the traffic it claims: each given row (and only those) is read and
+    written with its own gradient row."""
+    case = bench_sparse.Case(table=3000, width=20, rows=1200, batches=1, alpha=1.0)
+    rows, grad = case.rows[0], case.grads[0]
+    with tempfile.TemporaryDirectory() as directory:
+        function = bench_sparse.load_bounds(directory)[kind]
+    weight = case.weight.copy()
+    acc = np.zeros(weight.shape if kind == bench_sparse.ELEMENTWISE else len(weight),
+                   np.float32)
+    function(weight.ctypes.data, grad.ctypes.data, acc.ctypes.data, rows.ctypes.data,
+             len(rows), case.width, 0.5, 2)
+    square = grad * grad
+    if kind == bench_sparse.ELEMENTWISE:
+        expected_acc = np.zeros_like(weight)
+        expected_acc[rows] = square
+        step = 0.5 * grad * square
+    else:
+        expected_acc = np.zeros(len(weight), np.float32)
+        expected_acc[rows] = square.sum(axis=1)
+        step = 0.5 * expected_acc[rows][:, None] * grad
+    expected = case.weight.copy()
+    expected[rows] -= step
+    np.testing.assert_allclose(acc, expected_acc, rtol=1e-5)
+    np.testing.assert_allclose(weight, expected, rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(len(weight)), rows)
+    np.testing.assert_array_equal(weight[untouched], case.weight[untouched])
+
+
+def test_a_small_run_reports_every_method_and_the_targets(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    begin, end = readme_tables.markers("benchmarks/bench_sparse.py")
+    readme.write_text(f"{begin}\nold\n{end}\n")
+    bench_sparse.main(["--table", "2000", "--rows", "300", "--width", "16", "--repeats", "1",
+                       "--batches", "2", "--seconds", "0.01", "--readme", str(readme)])
+    out = capsys.readouterr().out
+    for name in (bench_sparse.FUSED, bench_sparse.OPERATOR, bench_sparse.BUILTIN,
+                 bench_sparse.GROUP, bench_sparse.FUSED_ROWWISE, *bench_sparse.BOUNDS.values()):
+        assert f"  {name} " in out
+        assert f"| {name} |" in readme.read_text()
+    assert "targets:" in out and "fraction of the elementwise bound" in out
+    assert "fraction of the row-wise bound" in out and "built-in / elementwise bound" in out
+    # bytes per updated row: 20 B per element + the index, or 12 B + accumulator + index
+    assert f" {20 * 16 + 8} " in out and f" {12 * 16 + 16} " in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rows", "0"], "--rows: value must be >= 1, got 0"),
+    (["--width", "x"], "--width: expected an integer, got 'x'"),
+    (["--alpha", "-1"], "--alpha: value must be > 0"),
+    (["--table", "10", "--rows", "11"], "--rows 11 exceeds --table 10"),
+])
+def test_bad_flags_are_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_sparse.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
