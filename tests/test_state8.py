@@ -46,20 +46,23 @@ def test_positive_values_never_quantize_to_zero_and_the_block_max_is_exact():
     np.testing.assert_array_equal(back[tiny], q.TABLE[1] * np.float32(7))
 
 
-def test_relative_error_bound_of_the_map():
-    acc = np.geomspace(1e-3, 1.0, 64 * 256).astype(np.float32).reshape(64, 256)
+def test_each_value_gets_a_nearest_code_within_its_regime_error_bound():
+    assert q.TABLE[0] == 0 and q.TABLE[255] == 1 and (np.diff(q.TABLE) > 0).all()
+    acc = np.geomspace(1e-6, 1.0, 64 * 256).astype(np.float32).reshape(64, 256)
     acc[:, -1] = 1.0  # every block's absmax is 1: the ratio is the value
-    back = q.dequantize(*q.quantize(acc))
-    ratio = acc.astype(np.float64)
-    error = np.abs(back - ratio) / ratio
-    assert (error <= 1.05 * 1.5 / (255 * np.cbrt(ratio)) + 1e-6).all()
-    assert error[ratio >= 0.9].max() < 0.0066  # 0.6% near the top
-
-
-def test_no_16_bit_bucket_of_floats_holds_two_midpoints():
-    # the kernel counts the midpoints below a ratio from its top 16 bits plus one comparison
-    buckets = q.MIDPOINTS[1:255].view(np.uint32) >> 16
-    assert len(set(buckets.tolist())) == 254
+    codes, _ = q.quantize(acc)
+    ratio = acc.reshape(-1).astype(np.float64)
+    distance = np.abs(ratio[:, None] - q.TABLE.astype(np.float64))
+    chosen = np.take_along_axis(distance, codes.reshape(-1, 1).astype(np.int64), axis=1)[:, 0]
+    above = ratio >= q.TABLE[1]
+    np.testing.assert_array_equal(chosen[above], distance[above].min(axis=1))  # a nearest one
+    assert (codes.reshape(-1)[~above] == 1).all()  # below the smallest code: never 0
+    error = np.abs(q.dequantize(*q.quantize(acc)).reshape(-1) - ratio) / ratio
+    # a regime of m mantissa bits stores a value with a relative error of at most 2**-(m + 1)
+    for (bits, _), low, high in zip(q.REGIMES, (2.0 ** -2, 2.0 ** -6, q.TABLE[1]),
+                                    (1.0, 2.0 ** -2, 2.0 ** -6), strict=True):
+        inside = (ratio >= low) & (ratio <= high)
+        assert inside.any() and error[inside].max() <= 2.0 ** -(bits + 1)
 
 
 def test_nan_makes_its_block_nan_and_spares_the_others():

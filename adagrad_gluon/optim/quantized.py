@@ -9,31 +9,33 @@ keep their float64 accumulator (8-bit codes would throw away the precision they 
 
 The map. A block's scale is its largest accumulator value (its absmax: an accumulator is
 ``>= 0``); an element ``s`` is stored as the code ``c`` whose value ``TABLE[c] * scale`` is
-nearest to it, with ``TABLE[c] = (c / 255) ** 3`` (computed in float32 as ``t * t * t``):
+nearest to it (ties up). ``TABLE`` holds tapered 8-bit floats in three regimes
+(:data:`REGIMES`): 6 mantissa bits for ``[1/4, 1]`` (codes 127-255), 4 bits for ``[2**-6, 1/4)``
+(codes 63-126) and 3 bits below, down to ``TABLE[1] = 2**-14 * 1.25`` (7.6e-5); code ``c`` of a
+regime is the float32 whose bits are ``(c + base) << shift``, so the code of a ratio is integer
+arithmetic on its bits, with no table and no search (the C++ kernel vectorizes it):
 
 * ``TABLE[255] = 1``: the block's largest element, the one that sets its step sizes' floor,
   is stored exactly, and ``TABLE[0] = 0`` stores an exact zero (a fresh accumulator);
-* positive values never round to 0 (the midpoint between codes 0 and 1 is taken as 0): a
-  small accumulator stored as 0 would turn its step into ``lr * g / sqrt(g * g + eps)``, the
-  full ``lr`` the accumulated history was meant to shrink; it is rounded up to
-  ``TABLE[1] * scale = scale / 255**3`` (6.0e-8 of the block's largest) instead, which only
-  makes that step smaller;
-* the cubic map is dense near the top, where most of a block's elements are: between codes
-  ``c`` and ``c + 1`` the relative gap is ``3 / c`` (and less), so an element ``s = r * scale``
-  is stored with a relative error of at most ``1.05 * 1.5 / (255 * r ** (1/3))`` for
-  ``r >= 1e-3``: 0.6% at the block's largest, 6.2% at 1e-3 of it (a relative error below
-  ``((c + 1) ** 3 - c ** 3) / (2 * c ** 3)`` for ``s >= TABLE[1] * scale``). The step divides by
-  ``sqrt(s + eps)``, so its relative error is about half that: 0.3% and 3%.
+* positive values never round to 0: a small accumulator stored as 0 would turn its step into
+  ``lr * g / sqrt(g * g + eps)``, the full ``lr`` the accumulated history was meant to shrink;
+  below ``TABLE[1] * scale`` it is rounded up to that instead, which only makes its step
+  smaller;
+* the precision is highest near the top, where most of a block's elements are: an element
+  ``s = r * scale`` is stored with a relative error of at most ``2**-(m + 1)`` for a regime of
+  ``m`` mantissa bits: 0.78% for ``r >= 1/4``, 3.1% down to ``2**-6`` and 6.25% down to
+  ``TABLE[1]``. The step divides by ``sqrt(s + eps)``, so its relative error is about half:
+  0.4%, 1.6% and 3.1%.
 
 bitsandbytes' ``create_dynamic_map`` (a signed, dynamic-exponent map for Adam's moments) spends
-its codes on a range of 7 decades and on signs an accumulator never has; a power map has no
-exponent to decode, so the reference (numpy) and the C++ kernel compute the same table with
-the same three float32 operations, and the codes are bit-identical.
+its codes on a range of 7 decades and on signs an accumulator never has, and finds a code by a
+search through its table; these codes are unsigned, 255 of them for 4 decades.
 
 One step on a block: dequantize (``TABLE[code] * scale``, float32), run the elementwise float32
 update of :func:`~adagrad_gluon.optim.functional.adagrad_update` on it, take the new absmax as
-the scale (the largest bit pattern: the largest value, or a NaN) and requantize
-(``ratio = s / scale`` in float32, the code by the float32 midpoints).
+the scale (the largest bit pattern: the largest value, or a NaN) and requantize (``ratio = (s
+* f) * (1 / (scale * f))`` in float32, ``f = 2**64`` for a scale below ``2**-64`` so that the
+reciprocal stays finite, else 1; the code from the ratio's bits).
 A NaN or infinity in a block's accumulator (``nonfinite='propagate'``) makes the block's scale,
 and so its accumulator, NaN. ``row_sparse`` gradients are updated lazily per block: the blocks
 holding none of the gradient's rows keep their codes and scales bit for bit (the fused path
@@ -50,7 +52,7 @@ from mxnet import nd
 from .functional import Step, reference_steps
 from .options import AdagradOptions
 
-__all__ = ["BLOCK", "MIDPOINTS", "ROWWISE_REFUSAL", "STATE_BITS", "TABLE", "QuantizedAcc",
+__all__ = ["BLOCK", "REGIMES", "ROWWISE_REFUSAL", "STATE_BITS", "TABLE", "QuantizedAcc",
            "accumulator_bytes", "check_state_bits", "dense", "dequantize",
            "fused_quantized_steps", "host_copy", "quantize", "reference_quantized_steps",
            "run_steps"]
@@ -63,17 +65,54 @@ ROWWISE_REFUSAL = ("rowwise=True keeps one float32 accumulator per row (tiny alr
                    "rowwise=True")
 
 
-def _cubic_map() -> tuple[np.ndarray, np.ndarray]:
-    """``TABLE`` (256 float32 values) and ``MIDPOINTS`` (256: the 255 float32 midpoints with the
-    first set to 0, then +inf), as the C++ kernel computes them."""
-    t = np.arange(256, dtype=np.float32) / np.float32(255)
-    table = t * t * t
-    midpoints = (table[:-1] + table[1:]) * np.float32(0.5)
-    midpoints[0] = 0
-    return table, np.append(midpoints, np.float32(np.inf))
+# The map: tapered 8-bit floats. REGIMES lists, from the top, (mantissa bits, the lowest value's
+# binary exponent: None for the last regime, which goes down to code 1); code 255 is 1.0, and the
+# codes of each regime continue those of the one above.
+REGIMES = ((6, -2), (4, -6), (3, None))
 
 
-TABLE, MIDPOINTS = _cubic_map()
+def _regimes() -> tuple[tuple[int, int, int, int], ...]:
+    """Per regime: ``(shift, base, half, lowest bits)``: its code of a ratio ``r`` is
+    ``((bits(r) + half) >> shift) - base`` for ``bits(r) >= lowest bits`` (0 for the last)."""
+    code, top = 255, 127  # the code of the regime's top value, and its biased exponent (1.0)
+    rows = []
+    for mantissa, lowest in REGIMES:
+        shift = 23 - mantissa
+        base = (top << mantissa) - code
+        low = 0 if lowest is None else (lowest + 127) << 23
+        rows.append((shift, base, 1 << (shift - 1), low))
+        if lowest is not None:
+            code, top = (low >> shift) - base, lowest + 127
+    return tuple(rows)
+
+
+_REGIMES = _regimes()
+# below this scale, a block's values and scale are multiplied by _TINY_FACTOR (exactly: a power
+# of 2) before the reciprocal, so that 1 / scale stays finite
+_TINY_SCALE, _TINY_FACTOR = np.float32(2.0 ** -64), np.float32(2.0 ** 64)
+
+
+def _codes_of_bits(bits: np.ndarray) -> np.ndarray:
+    """The codes (int64, not clipped) of positive ratios given as their bits (int64)."""
+    codes = np.zeros(bits.shape, dtype=np.int64)
+    for shift, base, half, low in reversed(_REGIMES):
+        codes = np.where(bits >= low, ((bits + half) >> shift) - base, codes)
+    return codes
+
+
+def _table() -> np.ndarray:
+    """``TABLE``: the 256 float32 values of the codes (``TABLE[0] = 0``, ``TABLE[255] = 1``)."""
+    codes = np.arange(256, dtype=np.int64)
+    bits = np.zeros(256, dtype=np.int64)
+    for shift, base, _, low in reversed(_REGIMES):
+        first = (low >> shift) - base if low else 1
+        bits = np.where(codes >= first, (codes + base) << shift, bits)
+    table = bits.astype(np.uint32).view(np.float32)
+    table[0] = 0
+    return table
+
+
+TABLE = _table()
 
 
 def check_state_bits(state_bits) -> int:
@@ -109,10 +148,13 @@ def quantize(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     blocks = _padded(acc.reshape(-1))
     # the largest bit pattern: for values >= 0 the largest value, and a NaN beats them all
     scales = blocks.view(np.uint32).max(axis=1, initial=0).view(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = blocks / scales[:, None]
-    codes = np.searchsorted(MIDPOINTS, ratio, side="left")  # how many midpoints are < ratio
-    codes[np.isnan(ratio)] = 0  # a block of zeros (0/0), or one with NaN or infinity
+    factors = np.where(scales < _TINY_SCALE, _TINY_FACTOR, np.float32(1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inverses = np.float32(1) / (scales * factors)
+        ratio = (blocks * factors[:, None]) * inverses[:, None]
+        positive = ratio > 0  # not for 0, nor for NaN (a block of zeros, NaN or infinity)
+    bits = ratio.view(np.uint32).astype(np.int64)
+    codes = np.where(positive, np.clip(_codes_of_bits(bits), 1, 255), 0)
     return codes.astype(np.uint8).reshape(-1)[:acc.size].reshape(acc.shape), scales
 
 

@@ -50,6 +50,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -962,57 +963,121 @@ extern "C" int adagrad_gluon_num_threads(int n) {
 //
 //   adagrad_gluon_q8_update(weight_0, grad_0, codes_0, scales_0[, master_0], weight_1, ...)
 //       attributes num_tensors, lrs, wds and the shared options (as the multi update).
-// codes: uint8, the weight's shape; scales: float32, one per block of 256 elements. Per block:
-// s = TABLE[code] * scale; the float32 step above on s; scale = the s with the largest bit
-// pattern (the largest value, as s >= 0; a NaN if any); code = the number of MIDPOINTS below
-// s / scale (0 for 0/0 and NaN). TABLE[c] = t * t * t with
-// t = c / 255 in float32; MIDPOINTS[k] = (TABLE[k] + TABLE[k + 1]) * 0.5 with MIDPOINTS[0] = 0,
-// then +inf: a positive value never gets code 0.
+// codes: uint8, the weight's shape; scales: float32, one per block of 256 elements. The map
+// (quantized.REGIMES): tapered 8-bit floats in regimes, from the top, of 6, 4 and 3 mantissa
+// bits, down to 2^-2, 2^-6 and code 1; code 255 is 1.0 and code 0 is 0. A code c of regime k
+// stands for the float32 whose bits are (c + base_k) << shift_k. Per block, in one pass over
+// memory through a buffer in the L1 cache:
+//   s = value(code) * scale; the float32 step above on s;
+//   scale = the s with the largest bit pattern (the largest value, as s >= 0; a NaN if any);
+//   r = (s * f) * (1 / (scale * f)), f = 2^64 if scale < 2^-64 (so 1 / (scale * f) is finite)
+//   else 1; code = clamp(((bits(r) + half_k) >> shift_k) - base_k, 1, 255) for r > 0 in
+//   regime k (the nearest code, never 0 for a positive value), else 0 (0, and NaN: 0/0, NaN,
+//   infinity).
+// Every step is integer arithmetic or one float32 operation: no table, no gather.
+
+// -DADAGRAD_GLUON_Q8_PORTABLE builds the portable loops only (tests/test_state8.py builds it
+// so, and compares it with the reference as it does the default build).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(ADAGRAD_GLUON_Q8_PORTABLE)
+#define ADAGRAD_GLUON_Q8_AVX512 1
+#include <immintrin.h>
+#endif
 
 namespace {
 
 constexpr int64_t kQuantBlock = 256;
 
-struct QuantMap {
-  float table[256];
-  float midpoints[256];
-  // first[b]: how many midpoints are below the smallest float whose bits are b << 16 (for
-  // the floats in (0, 1]): where the count for any float of those top bits starts
-  static constexpr uint32_t kBuckets = (0x3f800000u >> 16) + 1;
-  int32_t first[kBuckets];  // int32: a loop can gather from it
-  QuantMap() {
-    for (int c = 0; c < 256; ++c) {
-      const float t = static_cast<float>(c) / 255.0f;
-      table[c] = t * t * t;
-    }
-    for (int k = 0; k < 255; ++k) midpoints[k] = (table[k] + table[k + 1]) * 0.5f;
-    midpoints[0] = 0.0f;
-    midpoints[255] = std::numeric_limits<float>::infinity();
-    int count = 0;
-    for (uint32_t b = 0; b < kBuckets; ++b) {
-      while (midpoints[count] < float_of(b << 16)) ++count;
-      first[b] = count;
-    }
-  }
+// One regime of the map: its code of a ratio r with bits(r) >= low is
+// ((bits(r) + half) >> shift) - base; first is its smallest code.
+struct Regime {
+  uint32_t shift, half, low;
+  int32_t base, first;
 };
 
-const QuantMap& quant_map() {
-  static const QuantMap map;
-  return map;
+constexpr int kNumRegimes = 3;
+
+constexpr std::array<Regime, kNumRegimes> make_regimes() {
+  constexpr int kMantissaBits[kNumRegimes] = {6, 4, 3};
+  constexpr int kLowestExponent[kNumRegimes - 1] = {-2, -6};
+  std::array<Regime, kNumRegimes> regimes{};
+  int32_t code = 255, top = 127;  // the code of the regime's top value and its biased exponent
+  for (int k = 0; k < kNumRegimes; ++k) {
+    const uint32_t shift = 23 - kMantissaBits[k];
+    const int32_t base = (top << kMantissaBits[k]) - code;
+    const bool last = k == kNumRegimes - 1;
+    const uint32_t low = last ? 0 : static_cast<uint32_t>(kLowestExponent[k] + 127) << 23;
+    const int32_t first = last ? 1 : static_cast<int32_t>(low >> shift) - base;
+    regimes[k] = {shift, 1u << (shift - 1), low, base, first};
+    if (!last) {
+      code = first;
+      top = kLowestExponent[k] + 127;
+    }
+  }
+  return regimes;
 }
 
-// How many midpoints are below r = s / scale (r <= 1; 0 for 0 and NaN): the count at r's top
-// 16 bits, plus one if the midpoint there is below r too. The map's midpoints are at least
-// 1.2% apart, a bucket spans 0.8%: no bucket holds two (tests/test_state8.py checks it).
-inline uint8_t quant_code(float r, const QuantMap& map) {
-  const int32_t c = map.first[r > 0.0f ? bits_of(r) >> 16 : 0];
-  return static_cast<uint8_t>(c + (map.midpoints[c] < r ? 1 : 0));
+constexpr std::array<Regime, kNumRegimes> kRegimes = make_regimes();
+
+// s[i] = value(codes[i]) * scale for the n elements of a block.
+inline void dequantize(const uint8_t* __restrict codes, float scale, float* __restrict s,
+                       int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t c = codes[i];
+    uint32_t bits = 0;  // code 0: 0.0
+    for (int k = kNumRegimes - 1; k >= 0; --k) {
+      const Regime& r = kRegimes[k];
+      bits = c >= r.first ? static_cast<uint32_t>(c + r.base) << r.shift : bits;
+    }
+    s[i] = float_of(bits) * scale;
+  }
 }
 
-// The codes of n values s of a block whose scale is top.
-inline void quant_codes(const float* __restrict s, uint8_t* __restrict codes, int64_t n,
-                        float top, const QuantMap& map) {
-  for (int64_t i = 0; i < n; ++i) codes[i] = quant_code(s[i] / top, map);
+// The largest bit pattern of n values: the largest value if all are >= 0, or a NaN.
+inline float block_top(const float* __restrict s, int64_t n) {
+  uint32_t top = 0;
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, bits_of(s[i]));
+  return float_of(top);
+}
+
+// The code of a ratio r (see above).
+inline uint8_t quant_code(float r) {
+  const uint32_t bits = bits_of(r);
+  int32_t c = 0;
+  for (int k = kNumRegimes - 1; k >= 0; --k) {
+    const Regime& g = kRegimes[k];
+    c = bits >= g.low ? static_cast<int32_t>((bits + g.half) >> g.shift) - g.base : c;
+  }
+  return r > 0.0f ? static_cast<uint8_t>(std::min(std::max(c, 1), 255)) : 0;
+}
+
+// The codes of n values s of a block whose scale is top. GCC vectorizes the portable loop
+// clumsily (its masks spill); with AVX-512 a vector of 16 takes ~18 instructions, same bits.
+inline void quantize(const float* __restrict s, uint8_t* __restrict codes, int64_t n,
+                     float top) {
+  const float factor = top < 0x1p-64f ? 0x1p64f : 1.0f;
+  const float inverse = 1.0f / (top * factor);
+  int64_t i = 0;
+#ifdef ADAGRAD_GLUON_Q8_AVX512
+  const __m512 factors = _mm512_set1_ps(factor), inverses = _mm512_set1_ps(inverse);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 r = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), factors), inverses);
+    const __m512i bits = _mm512_castps_si512(r);
+    __m512i c = _mm512_setzero_si512();
+    for (int k = kNumRegimes - 1; k >= 0; --k) {
+      const Regime& g = kRegimes[k];
+      const __mmask16 in = _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32(g.low));
+      const __m512i shifted = _mm512_srli_epi32(
+          _mm512_add_epi32(bits, _mm512_set1_epi32(g.half)), g.shift);
+      c = _mm512_mask_sub_epi32(c, in, shifted, _mm512_set1_epi32(g.base));
+    }
+    c = _mm512_max_epi32(c, _mm512_set1_epi32(1));
+    const __mmask16 positive = _mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_GT_OQ);
+    // unsigned saturation: c > 255 (a ratio rounded above 1, or infinite) becomes 255
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
+                     _mm512_maskz_cvtusepi32_epi8(positive, c));
+  }
+#endif
+  for (; i < n; ++i) codes[i] = quant_code((s[i] * factor) * inverse);
 }
 
 struct QuantJob {
@@ -1026,25 +1091,22 @@ struct QuantJob {
   double wd;
 };
 
-// Update blocks [first, last) of a job: dequantize, the elementwise update, requantize.
+// Update blocks [first, last) of a job, one pass over memory: per block, dequantize into a
+// buffer in the L1 cache, the elementwise update on it, take its top, requantize.
 template <typename W, bool kMaster, Decay kDecay, Placement kPlace>
 void quant_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
-  const QuantMap& map = quant_map();
-  float s[kQuantBlock];
+  alignas(64) float s[kQuantBlock];
   for (int64_t b = first; b < last; ++b) {
     const int64_t begin = b * kQuantBlock;
     const int64_t n = std::min(kQuantBlock, job.size - begin);
     uint8_t* codes = job.codes + begin;
-    const float scale = job.scales[b];
-    for (int64_t i = 0; i < n; ++i) s[i] = map.table[codes[i]] * scale;
+    dequantize(codes, job.scales[b], s, n);
     const Job part{static_cast<W*>(job.weight) + begin, static_cast<const W*>(job.grad) + begin,
                    s, kMaster ? job.master + begin : nullptr, n, job.lr, job.wd};
     update_range<W, float, kMaster, kDecay, kPlace>(part, options, 0, n);
-    uint32_t top_bits = 0;  // the largest bit pattern: the absmax of values >= 0, or a NaN
-    for (int64_t i = 0; i < n; ++i) top_bits = std::max(top_bits, bits_of(s[i]));
-    const float top = float_of(top_bits);
+    const float top = block_top(s, n);
     job.scales[b] = top;
-    quant_codes(s, codes, n, top, map);
+    quantize(s, codes, n, top);
   }
 }
 
