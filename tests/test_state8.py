@@ -1,7 +1,10 @@
 """state_bits=8: the 8-bit blockwise accumulator (adagrad_gluon/optim/quantized.py), its fused
 operator, its state files, and the quality of training with it."""
 
+import json
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from adagrad_gluon.optim import quantized as q
 from adagrad_gluon.optim.functional import Step
 from adagrad_gluon.optim.optimizer import AdagradScratch
 from adagrad_gluon.optim.options import AdagradOptions
+from adagrad_gluon.optim.state import read_states_file
 
+from .test_lazy_decay import _embedding_trainer, _train
 from .trainers import dense_trainer
 
 
@@ -113,6 +118,67 @@ def test_fused_8bit_multi_tensor_call_is_bit_identical_on_a_large_tensor():
         fused = _run(True, np.float32, False, options, shape=shape, steps=2, wd=0.0)
         for a, b in zip(reference, fused, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def _edge_case_run(fused: bool) -> list[np.ndarray]:
+    """Two fused or reference 8-bit steps on blocks at the map's edges: zeros, a scale below
+    2**-64, subnormal values, NaN, infinity, huge values, every code, and a last block of 77
+    elements (no multiple of the 16, 32 or 64 lanes of the vectorized loops)."""
+    rng = np.random.default_rng(5)
+    every_code = q.TABLE * np.float32(3.0)
+    blocks = [np.zeros(256), rng.random(256) * 1e-25, rng.random(256) * 1e-41,
+              rng.random(256) ** 8 * 1e30, np.r_[np.nan, rng.random(255)],
+              np.r_[np.inf, rng.random(255)], rng.random(256) ** 12, every_code,
+              rng.random(77)]
+    acc = np.concatenate(blocks).astype(np.float32)
+    grad = np.where(acc < 1e-20, 0, rng.standard_normal(acc.size) * 0.1).astype(np.float32)
+    codes, scales = q.quantize(acc)
+    state = q.QuantizedAcc(nd.array(codes, dtype=np.uint8), nd.array(scales))
+    w = nd.array(rng.standard_normal(acc.size))
+    run = q.fused_quantized_steps if fused else q.reference_quantized_steps
+    for _ in range(2):
+        run([Step(w, nd.array(grad), state, None, 0.1, 0.0, False)], AdagradOptions())
+    return [w.asnumpy(), state.codes.asnumpy(), state.scales.asnumpy()]
+
+
+def test_fused_8bit_update_is_bit_identical_at_the_maps_edges():
+    for a, b in zip(_edge_case_run(False), _edge_case_run(True), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+PORTABLE_SCRIPT = """
+import numpy as np
+from adagrad_gluon.optim import kernels
+from tests.test_state8 import _edge_case_run, _run
+from adagrad_gluon.optim.options import AdagradOptions
+from adagrad_gluon.optim.state import read_states_file
+print(kernels.load())
+pairs = [(_edge_case_run(False), _edge_case_run(True))]
+for dtype, master in ((np.float32, False), (np.float16, True)):
+    pairs.append((_run(False, dtype, master, AdagradOptions(), shape=(3, 333)),
+                  _run(True, dtype, master, AdagradOptions(), shape=(3, 333))))
+for reference, fused in pairs:
+    for a, b in zip(reference, fused, strict=True):
+        np.testing.assert_array_equal(a, b)
+print("bit-identical")
+"""
+
+
+def test_portable_build_of_the_8bit_kernel_is_bit_identical_too(tmp_path):
+    # the default build runs the AVX-512 loops where the CPU has them; this one, in a cache of
+    # its own, the portable loops every other CPU runs
+    from adagrad_gluon.cache import CACHE_DIR_ENV
+    from adagrad_gluon.optim import kernels
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in (kernels.KERNEL_ENV, kernels.CXX_ENV)}
+    env |= {CACHE_DIR_ENV: str(tmp_path),
+            kernels.CXX_ENV: f"{kernels.compiler()} -DADAGRAD_GLUON_Q8_PORTABLE"}
+    done = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    library, verdict = done.stdout.split()[-2:]
+    assert Path(library).is_relative_to(tmp_path) and verdict == "bit-identical"
 
 
 def test_the_8bit_update_dequantizes_runs_the_float32_step_and_requantizes():
@@ -299,3 +365,95 @@ def test_a_torch_state_dict_loads_into_an_8bit_trainer_quantized():
         assert isinstance(state, q.QuantizedAcc)
         expected = source._updaters[0].states[index].asnumpy()
         np.testing.assert_array_equal(state.asnumpy(), q.dequantize(*q.quantize(expected)))
+
+
+# -- with rowwise, lazy weight decay and the row_sparse weights a kvstore keeps ---------------
+
+ROWWISE = "rowwise=True keeps one float32 accumulator per row.*use state_bits=32"
+
+
+def test_state_bits_8_with_rowwise_is_refused_clearly():
+    for options in ({"rowwise": True}, {"compat": "groupadagrad"}, {"compat": "fbgemm"}):
+        with pytest.raises(ValueError, match=ROWWISE):
+            AdagradScratch(state_bits=8, **options)
+    opt = AdagradScratch(state_bits=8, kernel="reference")
+    w = nd.ones((4, 300))
+    state = opt.create_state(0, w)
+    opt.rowwise = True  # set after the 8-bit states exist
+    with pytest.raises(ValueError, match=ROWWISE):
+        opt.update(0, w, nd.ones((4, 300)), state)
+    with pytest.raises(ValueError, match=ROWWISE):
+        opt.create_state(1, w)
+
+
+def test_a_state_file_of_8bit_accumulators_under_rowwise_is_refused(tmp_path):
+    path = tmp_path / "s.npz"
+    ag.save_states(_eight_bit_trainer("e_"), path)
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    meta = json.loads(str(arrays["meta"]))
+    meta["options"]["rowwise"] = True
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="8-bit accumulators in a file of rowwise=True"):
+        read_states_file(path, what="states file")
+
+
+def test_the_row_sparse_weight_a_kvstore_keeps_keeps_a_float32_accumulator(tmp_path):
+    # the kvstore's lazy update gathers the accumulator's rows; its errors are only printed,
+    # so instead of refusing, state_bits=8 leaves such a weight's accumulator float32
+    weight = nd.sparse.row_sparse_array((np.ones((3, 4), np.float32), [0, 1, 2]), shape=(3, 4))
+    state = AdagradScratch(state_bits=8).create_state(0, weight)
+    assert isinstance(state, nd.NDArray) and state.dtype == np.float32
+    results = []
+    for bits in (32, 8):
+        mx.random.seed(3)
+        emb = gluon.contrib.nn.SparseEmbedding(10, 4)
+        emb.initialize()
+        trainer = gluon.Trainer(emb.collect_params(), "adagrad_scratch",
+                                {"state_bits": bits, "learning_rate": 0.5})
+        ag.save_states(trainer, tmp_path / f"fresh{bits}.npz")  # before the first step
+        for step in range(3):
+            with autograd.record():
+                loss = (emb(nd.array([step, 7])) ** 2).sum()
+            loss.backward()
+            trainer.step(1)
+        ag.save_states(trainer, tmp_path / f"s{bits}.npz")
+        ag.load_states(trainer, tmp_path / f"s{bits}.npz")
+        ag.load_states(trainer, tmp_path / f"fresh{bits}.npz")
+        results.append(emb.weight.row_sparse_data(nd.arange(10)).asnumpy())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[1], 0)
+
+
+def _lazy_decay_run(kernel, steps, save=None, load=None):
+    """An embedding with row_sparse gradients and lazy decoupled weight decay, 8-bit states:
+    the weights after ``steps`` steps (saved after them with ``save``, or loaded before them
+    with ``load``)."""
+    emb, trainer = _embedding_trainer([mx.cpu(0)], kernel=kernel, state_bits=8)
+    if load is not None:
+        weights, path = load
+        emb.weight.set_data(nd.array(weights))
+        ag.load_states(trainer, path, check_names=False)
+    _train(emb, trainer, [mx.cpu(0)], steps, seed=0 if load is None else 1)
+    if save is not None:
+        ag.save_states(trainer, save)
+    states = trainer._updaters[0].states[0]
+    assert isinstance(states, q.QuantizedAcc) and trainer._optimizer.lazy_decay_marks()
+    return emb.weight.data().asnumpy(), states.codes.asnumpy(), states.scales.asnumpy()
+
+
+def test_8bit_lazy_weight_decay_is_bit_identical_fused_and_resumed(tmp_path):
+    reference = _lazy_decay_run("reference", 12)
+    fused = _lazy_decay_run("fused", 12)
+    for a, b in zip(reference, fused, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # 12 steps, saved (codes, scales and decay marks), loaded, 8 more == 20 steps in one go
+    path = tmp_path / "s.npz"
+    first = _lazy_decay_run("fused", 12, save=path)
+    resumed = _lazy_decay_run("fused", 8, load=(first[0], path))
+    emb, trainer = _embedding_trainer([mx.cpu(0)], state_bits=8)
+    _train(emb, trainer, [mx.cpu(0)], 12, seed=0)
+    _train(emb, trainer, [mx.cpu(0)], 8, seed=1)
+    np.testing.assert_array_equal(resumed[0], emb.weight.data().asnumpy())
+    np.testing.assert_array_equal(resumed[1], trainer._updaters[0].states[0].codes.asnumpy())

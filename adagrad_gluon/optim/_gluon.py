@@ -142,10 +142,10 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
 
 
 def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
-    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
-    of its shape and dtype, to create a state from."""
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it),
+    row_sparse zeros of its shape and dtype, to create a state from as the kvstore does."""
     if has_sparse_weight(param):
-        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+        return nd.sparse.zeros("row_sparse", param.shape, param.list_ctx()[0], dtype=param.dtype)
     return param.list_data()[0]
 
 
@@ -155,7 +155,8 @@ def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
     """Give parameter ``index`` this state (on every context) and this update count."""
     param = trainer._params[index]
     _, updaters = trainer_updaters(trainer)
-    if optimizer.state_bits == 8 and isinstance(acc, np.ndarray) and acc.dtype == np.float32:
+    if optimizer.state_bits == 8 and isinstance(acc, np.ndarray) and acc.dtype == np.float32 \
+            and not has_sparse_weight(param):
         acc = QuantizedAcc(*quantize(acc))  # float32 sums (PyTorch's) into an 8-bit trainer
     for updater, ctx in zip(updaters, param.list_ctx(), strict=False):
         acc_nd = acc.to_nd(ctx) if isinstance(acc, QuantizedAcc) else nd.array(

@@ -151,9 +151,11 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         updates in float32 and requantizes: the map and its error bound are in
         :mod:`adagrad_gluon.optim.quantized`). float64 weights keep a float64 accumulator.
         A numerics option: a saved state resumes only under the same ``state_bits``.
-        ``ValueError`` with ``rowwise=True`` (whose accumulator is one float per row) and for
-        the ``row_sparse`` weight a kvstore keeps; ``row_sparse`` gradients and their lazy
-        weight decay work as with float32 (see :mod:`~adagrad_gluon.optim.quantized`).
+        ``ValueError`` with ``rowwise=True`` (whose accumulator is one float per row). The
+        ``row_sparse`` weight a kvstore keeps (``SparseEmbedding``) keeps a float32 accumulator
+        (its lazy update gathers the accumulator's rows); ``row_sparse`` gradients of dense
+        weights and their lazy weight decay work as with float32 (see
+        :mod:`~adagrad_gluon.optim.quantized`).
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -228,12 +230,13 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
         fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
         (see :meth:`update`). With ``state_bits=8`` an 8-bit one for dense float16/float32
-        weights (``ValueError`` for a kvstore's ``row_sparse`` weight)."""
+        weights (the ``row_sparse`` weight a kvstore keeps keeps a float32 one)."""
         name = self._name(index)
         if not is_row_sparse(weight):
             check_dense_weight(name, weight)
-        if self.state_bits == 8 and weight.dtype != np.float64:
-            _check_8bit_weight(name, weight, self.rowwise)
+        if self.state_bits == 8 and weight.dtype != np.float64 and not is_row_sparse(weight):
+            if self.rowwise:  # set since __init__
+                raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
             return QuantizedAcc.full(weight.shape, self.initial_accumulator_value, weight.context)
         return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
                        self.initial_accumulator_value, weight.context,
@@ -402,18 +405,6 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
-
-
-def _check_8bit_weight(name: str, weight: nd.NDArray, rowwise: bool) -> None:
-    """Refuse what an 8-bit accumulator does not support: ``rowwise`` (set since
-    ``__init__``) and the ``row_sparse`` weight a kvstore keeps."""
-    if rowwise:
-        raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
-    if is_row_sparse(weight):
-        raise ValueError(f"parameter {name}: state_bits=8 does not support the row_sparse "
-                         f"weight a kvstore keeps (Parameter(stype='row_sparse'), e.g. "
-                         f"SparseEmbedding); use state_bits=32, or a dense weight with "
-                         f"row_sparse gradients (Embedding(sparse_grad=True))")
 
 
 def _check_no_decay(compat: str, wd: float) -> None:

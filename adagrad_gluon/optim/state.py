@@ -49,6 +49,7 @@ from ._gluon import (
     collect_states,
     counts_of_others,
     has_master,
+    has_sparse_weight,
     install_state,
     known_device_ids,
     trained_indices,
@@ -341,7 +342,8 @@ def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,
             raise ValueError(f"{saved.path}: parameter #{index} ({param.name}) is "
                              f"{entry.shape} {entry.dtype} in the file but "
                              f"{tuple(param.shape)} {dtype} in the trainer")
-        bits = 32 if dtype == "float64" else getattr(optimizer, "state_bits", 32)
+        bits = 32 if dtype == "float64" or has_sparse_weight(param) \
+            else getattr(optimizer, "state_bits", 32)
         if entry.state_bits != bits:
             raise ValueError(f"{saved.path}: parameter #{index} ({param.name}) has a "
                              f"{entry.state_bits}-bit accumulator in the file but state_bits="
