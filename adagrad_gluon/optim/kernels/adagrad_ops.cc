@@ -1021,6 +1021,14 @@ constexpr std::array<Regime, kNumRegimes> make_regimes() {
 
 constexpr std::array<Regime, kNumRegimes> kRegimes = make_regimes();
 
+constexpr bool high_halves_suffice() {
+  for (const Regime& r : kRegimes) {
+    if (r.shift < 17) return false;
+  }
+  return true;
+}
+static_assert(high_halves_suffice(), "the vectorized loops use the values' high 16 bits only");
+
 // The bits of code c's value (0.0 for code 0). Their low 16 bits are 0 (shift >= 17).
 constexpr uint32_t code_bits(int32_t c) {
   uint32_t bits = 0;
