@@ -44,6 +44,7 @@ hands these steps to the reference, which dequantizes the whole tensor).
 
 from __future__ import annotations
 
+from array import array as typed_array
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -282,8 +283,8 @@ def fused_quantized_steps(steps: Sequence[Step], options: AdagradOptions) -> Non
                   + ((s.master,) if with_masters else ())]
         nd.adagrad_gluon_q8_update(
             *arrays, num_tensors=str(len(group)),
-            lrs=",".join([repr(float(s.lr)) for s in group]),
-            wds=",".join([repr(float(s.wd)) for s in group]),
+            lrs=kernels._joined(typed_array("d", [s.lr for s in group]).tobytes()),
+            wds=kernels._joined(typed_array("d", [s.wd for s in group]).tobytes()),
             **kernels._attrs(options, with_masters))
 
 
