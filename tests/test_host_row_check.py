@@ -138,11 +138,17 @@ def test_host_row_check_false_still_checks_rows_that_weight_decay_reads_first():
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
 
 
-def test_the_reference_path_always_checks_on_the_host():
-    opt = AdagradScratch(kernel="reference", host_row_check=False)
+@pytest.mark.parametrize("options", [{"kernel": "reference"},
+                                     {"kernel": "fused", "state_bits": 8}], ids=str)
+def test_paths_whose_row_updates_do_not_check_rows_always_check_on_the_host(options):
+    """The reference update and the 8-bit state's row_sparse update gather rows with MXNet's
+    own operators, which do not check them."""
+    opt = AdagradScratch(host_row_check=False, **options)
     weight = nd.ones((10, 4))
+    state = opt.create_state_multi_precision(0, weight)
     with pytest.raises(ValueError, match=HOST_REFUSAL):
-        opt.update(0, weight, _row_sparse([2, 2]), opt.create_state(0, weight))
+        opt.update_multi_precision(0, weight, _row_sparse([2, 2]), state)
+    np.testing.assert_array_equal(weight.asnumpy(), 1.0)
 
 
 @pytest.mark.parametrize("value", [1, "yes", 0.0])

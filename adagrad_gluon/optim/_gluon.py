@@ -17,6 +17,7 @@ from mxnet import gluon, nd
 
 from .checks import State, split_state
 from .optimizer import AdagradScratch
+from .quantized import QuantizedAcc, quantize
 
 # -- gluon.Trainer ------------------------------------------------------------------------------
 
@@ -141,20 +142,25 @@ def collect_states(trainer: gluon.Trainer) -> tuple[AdagradScratch, dict]:
 
 
 def _dense_weight(param: gluon.Parameter) -> nd.NDArray:
-    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it), zeros
-    of its shape and dtype, to create a state from."""
+    """``param``'s weight on its first context; for a sparse weight (a kvstore holds it),
+    row_sparse zeros of its shape and dtype, to create a state from as the kvstore does."""
     if has_sparse_weight(param):
-        return nd.zeros(param.shape, param.list_ctx()[0], dtype=param.dtype)
+        return nd.sparse.zeros("row_sparse", param.shape, param.list_ctx()[0], dtype=param.dtype)
     return param.list_data()[0]
 
 
 def install_state(trainer: gluon.Trainer, optimizer: AdagradScratch, index: int,
-                  master: np.ndarray | None, acc: np.ndarray, count: int) -> None:
+                  master: np.ndarray | None, acc: np.ndarray | QuantizedAcc,
+                  count: int) -> None:
     """Give parameter ``index`` this state (on every context) and this update count."""
     param = trainer._params[index]
     _, updaters = trainer_updaters(trainer)
+    if optimizer.state_bits == 8 and isinstance(acc, np.ndarray) and acc.dtype == np.float32 \
+            and not has_sparse_weight(param):
+        acc = QuantizedAcc(*quantize(acc))  # float32 sums (PyTorch's) into an 8-bit trainer
     for updater, ctx in zip(updaters, param.list_ctx(), strict=False):
-        acc_nd = nd.array(acc, ctx=ctx, dtype=acc.dtype)
+        acc_nd = acc.to_nd(ctx) if isinstance(acc, QuantizedAcc) else nd.array(
+            acc, ctx=ctx, dtype=acc.dtype)
         state = acc_nd if master is None else (nd.array(master, ctx=ctx, dtype=master.dtype),
                                                acc_nd)
         updater.states[index] = state

@@ -10,8 +10,11 @@ from typing import NamedTuple
 import numpy as np
 from mxnet import nd
 
-# a parameter's state: its accumulator, or (float32 master weight, accumulator)
-State = nd.NDArray | tuple[nd.NDArray, nd.NDArray]
+from .quantized import BLOCK, ROWWISE_REFUSAL, QuantizedAcc, num_blocks
+
+# a parameter's state: its accumulator, or (float32 master weight, accumulator); an
+# accumulator is an NDArray, or a QuantizedAcc under state_bits=8
+State = nd.NDArray | QuantizedAcc | tuple[nd.NDArray, nd.NDArray | QuantizedAcc]
 
 
 def split_state(state: State) -> tuple[nd.NDArray | None, nd.NDArray]:
@@ -131,7 +134,9 @@ def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False)
     for what, array, dtype, shape in (
             ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),
             ("master weight", master, np.float32, weight.shape)):
-        if array is not None:
+        if isinstance(array, QuantizedAcc):
+            _check_quantized(name, array, weight, rowwise)
+        elif array is not None:
             _check_state_array(name, what, array, dtype, shape, weight)
 
 
@@ -145,6 +150,22 @@ def check_gradient_matches(name: str, weight, grad) -> None:
     if grad.dtype != weight.dtype:
         raise TypeError(f"parameter {name}: gradient dtype {np.dtype(grad.dtype).name} does not "
                         f"match weight dtype {np.dtype(weight.dtype).name}")
+
+
+def _check_quantized(name: str, acc: QuantizedAcc, weight, rowwise: bool) -> None:
+    """An 8-bit accumulator: uint8 codes of the weight's shape, a float32 scale per block;
+    never row-wise (a row-wise accumulator has one float per row: nothing to save)."""
+    if rowwise:
+        raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
+    _check_state_array(name, "accumulator codes", acc.codes, np.uint8, weight.shape, weight)
+    if weight.dtype == np.float64:
+        raise TypeError(f"parameter {name}: a float64 weight keeps a float64 accumulator, "
+                        f"not an 8-bit one")
+    blocks = (num_blocks(weight.size),)
+    if not isinstance(acc.scales, nd.NDArray) or acc.scales.shape != blocks \
+            or acc.scales.dtype != np.float32:
+        raise ValueError(f"parameter {name}: the 8-bit accumulator's scales must be a float32 "
+                         f"NDArray of shape {blocks} (one per block of {BLOCK} elements)")
 
 
 def _check_state_array(name: str, what: str, array, dtype, shape, weight) -> None:

@@ -12,6 +12,7 @@ from mxnet import nd
 from .checks import Checked, accumulator_dtype, check_arrays, split_state
 from .functional import prepared_gradient, row_mean_square
 from .options import AdagradOptions, flush_subnormal
+from .quantized import dense
 
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
 
@@ -61,6 +62,7 @@ def probe(options: AdagradOptions, weight, grad, acc, master, row_sparse: bool,
     is finite everywhere, else NaN. ``acc`` None
     stands for an accumulator of zeros (the gradient's own square is checked)."""
     dtype = accumulator_dtype(weight.dtype)
+    acc = None if acc is None else dense(acc)
     work = None  # the weight in the accumulator's dtype: needed for 'l2' decay only
     if options.weight_decay_mode == "l2" and wd:
         work = master if master is not None else weight.astype(dtype, copy=False)

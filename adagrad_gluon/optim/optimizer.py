@@ -39,6 +39,7 @@ from .options import (
     optimizer_kwargs,
     resolve,
 )
+from .quantized import ROWWISE_REFUSAL, QuantizedAcc, check_state_bits, dense, run_steps
 from .sparse_weights import is_row_sparse, update_kvstore_row_sparse
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
@@ -160,8 +161,20 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         lazy decay gathers the rows before the kernel runs). The fused kernel checks the rows
         in every case before it writes anything; what it refuses leaves weight and accumulator
         untouched and raises MXNet's ``MXNetError`` naming the rows at the next read (MXNet runs
-        operators asynchronously). The reference path (``kernel='reference'``) and a
-        kvstore's ``row_sparse`` weight always check on the host.
+        operators asynchronously). The reference path (``kernel='reference'``), whose updates
+        of rows (8-bit states' too) do not check them, and a kvstore's ``row_sparse`` weight
+        always check on the host.
+    state_bits : {32, 8}, default 32
+        The accumulator's storage: float32, or 8-bit blockwise (uint8 codes plus a float32
+        scale per block of 256 elements, <= 1.016 bytes per element; each step dequantizes,
+        updates in float32 and requantizes: the map and its error bound are in
+        :mod:`adagrad_gluon.optim.quantized`). float64 weights keep a float64 accumulator.
+        A numerics option: a saved state resumes only under the same ``state_bits``.
+        ``ValueError`` with ``rowwise=True`` (whose accumulator is one float per row). The
+        ``row_sparse`` weight a kvstore keeps (``SparseEmbedding``) keeps a float32 accumulator
+        (its lazy update gathers the accumulator's rows); ``row_sparse`` gradients of dense
+        weights and their lazy weight decay work as with float32 (see
+        :mod:`~adagrad_gluon.optim.quantized`).
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -181,6 +194,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         kernel: str = "auto",
         nonfinite: str = "propagate",
         host_row_check: bool | None = None,
+        state_bits: int = 32,
         **kwargs,
     ):
         kwargs = optimizer_kwargs(check_compat(compat), {"learning_rate": learning_rate, **kwargs})
@@ -195,6 +209,9 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         vars(self).update(dataclasses.asdict(options))
         self._options, self._option_values = options, dataclasses.astuple(options)
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.state_bits = check_state_bits(state_bits)
+        if self.state_bits == 8 and options.rowwise:
+            raise ValueError(ROWWISE_REFUSAL)
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.host_row_check = (None if host_row_check is None
                                else check_flag("host_row_check", host_row_check))
@@ -231,14 +248,19 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
 
     # -- state -------------------------------------------------------------------------------
 
-    def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray:
+    def create_state(self, index: int, weight: nd.NDArray) -> nd.NDArray | QuantizedAcc:
         """The accumulator: float32 (float64 for float64 weights), ``initial_accumulator_value``;
         of the weight's shape, or ``(rows,)`` with ``rowwise`` (``ValueError`` for a weight of
         fewer than two dimensions); dense, also for the ``row_sparse`` weight a kvstore keeps
-        (see :meth:`update`)."""
+        (see :meth:`update`). With ``state_bits=8`` an 8-bit one for dense float16/float32
+        weights (the ``row_sparse`` weight a kvstore keeps keeps a float32 one)."""
         name = self._name(index)
         if not is_row_sparse(weight):
             check_dense_weight(name, weight)
+        if self.state_bits == 8 and weight.dtype != np.float64 and not is_row_sparse(weight):
+            if self.rowwise:  # set since __init__
+                raise ValueError(f"parameter {name}: {ROWWISE_REFUSAL}")
+            return QuantizedAcc.full(weight.shape, self.initial_accumulator_value, weight.context)
         return nd.full(accumulator_shape(name, weight.shape, self.rowwise),
                        self.initial_accumulator_value, weight.context,
                        dtype=accumulator_dtype(weight.dtype))
@@ -278,7 +300,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         see :func:`adagrad_gluon.d2l.diagnostics.effective_learning_rates`.
         """
         _, acc = split_state(state)
-        return self.current_lr(index) / denominator(acc, self.eps, self.eps_placement)
+        return self.current_lr(index) / denominator(dense(acc), self.eps, self.eps_placement)
 
     def update(self, index: int, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
         """Update ``weight`` in place from ``grad``; ``state`` as from ``create_state``.
@@ -331,8 +353,9 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         lrs, pending = self._lrs_and_pending_decay(index, checked, wds,
                                                    options.weight_decay_mode)
         lazy_decay.catch_up_all(pending)
-        self._steps([Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
-                     for c, lr, wd in zip(checked, lrs, wds, strict=True)], options)
+        run_steps(self._steps, [Step(c.weight, c.grad, c.acc, c.master, lr, wd, c.row_sparse)
+                                for c, lr, wd in zip(checked, lrs, wds, strict=True)],
+                  options, fused=self.kernel == "fused")
         lazy_decay.advance_all(pending)
 
     def _update_key(self, index, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
@@ -356,11 +379,14 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
 
     def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
         """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
-        kernels, a row_sparse weight or gradient, or a list state (its items can change)."""
+        kernels, a row_sparse weight or gradient, a list state (its items can change) or an
+        8-bit accumulator (its own operator)."""
         if self.kernel != "fused" or isinstance(state, list) \
                 or is_row_sparse(weight) or is_row_sparse(grad):
             return None
         master, acc = split_state(state)
+        if isinstance(acc, QuantizedAcc):
+            return None
         options = self.options
         update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
         return None if update is None else _PreparedKey(weight, grad, state, options, update)
@@ -394,15 +420,16 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     def _check_rows_on_host(self, indices, checked: list) -> None:
         """:func:`~.checks.check_rows` of each row_sparse gradient, as ``host_row_check`` asks."""
         for index, arrays in zip(indices, checked, strict=True):
-            if arrays.row_sparse and self._rows_need_host_check(index, arrays.grad):
+            if arrays.row_sparse and self._rows_need_host_check(index, arrays):
                 check_rows(self._name(index), arrays.grad, arrays.weight)
 
-    def _rows_need_host_check(self, index, grad: nd.NDArray) -> bool:
-        """Whether ``grad``'s rows are checked on the host (see ``host_row_check``)."""
-        if self.kernel != "fused" or self.host_row_check:
-            return True
+    def _rows_need_host_check(self, index, arrays) -> bool:
+        """Whether a row_sparse gradient's rows are checked on the host (see
+        ``host_row_check``); ``arrays``: the parameter's :class:`~.checks.Checked`."""
+        if self.kernel != "fused" or self.host_row_check or isinstance(arrays.acc, QuantizedAcc):
+            return True  # the rows' update does not check them, or the user asks for it
         if self.host_row_check is None:
-            return not _own_gradient(self.param_dict.get(index), grad)
+            return not _own_gradient(self.param_dict.get(index), arrays.grad)
         return self._get_wd(index) != 0  # the lazy decay's catch-up reads the rows first
 
     @property
@@ -447,6 +474,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         super().__setstate__(state)
         for field in dataclasses.fields(AdagradOptions):  # options added since it was pickled
             vars(self).setdefault(field.name, field.default)
+        vars(self).setdefault("state_bits", 32)  # pickled before state_bits existed
         self._options, self._option_values = None, None
         self._checked_calls = {}
         self._prepared_keys = {}

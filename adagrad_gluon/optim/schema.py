@@ -13,15 +13,16 @@ import numpy as np
 from ..validation import check_count
 from .npz import Member
 from .optimizer import accumulator_dtype
+from .quantized import check_state_bits, num_blocks
 
 FORMAT = "adagrad_gluon.states"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # the options that decide what the saved numbers mean: a resumed run must share them
 OPTION_NAMES = ("compat", "eps", "eps_placement", "initial_accumulator_value", "lr_decay",
-                "weight_decay_mode", "maximize", "multi_precision", "rowwise")
+                "weight_decay_mode", "maximize", "multi_precision", "rowwise", "state_bits")
 # options newer than some files: their value in a file that does not name them
-OPTION_DEFAULTS = {"rowwise": False}
+OPTION_DEFAULTS = {"rowwise": False, "state_bits": 32}
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 SCALARS = (bool, int, float, str, type(None))
 
@@ -60,6 +61,7 @@ class Entry:
     master: bool  # whether a float32 master weight is saved next to the accumulator
     # lazy weight decay (optim/lazy_decay.py): the log_sum, with the row marks 'decay/<index>'
     decay: float | None = None
+    state_bits: int = 32  # 8: the accumulator is saved as codes/<index> and scales/<index>
 
     @classmethod
     def from_meta(cls, path: Path, raw) -> Entry:
@@ -78,14 +80,28 @@ class Entry:
             raise ValueError(f"{path}: dtype of parameter #{index} must be one of "
                              f"{', '.join(WEIGHT_DTYPES)}, got {raw['dtype']!r:.80}")
         count = check_count(f"{path}: update_count of parameter #{index}", raw["update_count"])
+        try:
+            bits = check_state_bits(raw.get("state_bits", 32))
+        except ValueError as exc:
+            raise ValueError(f"{path}: parameter #{index}: {exc}") from None
+        if bits == 8 and raw["dtype"] == "float64":
+            raise ValueError(f"{path}: parameter #{index} is float64, whose accumulator is "
+                             f"never 8-bit")
         return cls(index, raw["name"], tuple(shape), raw["dtype"], count, raw["master"],
-                   _check_decay(path, index, raw.get("decay"), shape))
+                   _check_decay(path, index, raw.get("decay"), shape), bits)
 
     def members(self, rowwise: bool = False) -> dict[str, Member]:
         """The arrays the entry says the file holds, each of exactly its shape and dtype (the
-        accumulator of a ``rowwise`` optimizer has one value per row: ``shape[:1]``)."""
-        acc_shape = self.shape[:1] if rowwise else self.shape
-        members = {f"acc/{self.index}": _array_member(acc_shape, accumulator_dtype(self.dtype))}
+        accumulator of a ``rowwise`` optimizer has one value per row: ``shape[:1]``; an 8-bit
+        one, never row-wise, has codes of the weight's shape and a scale per block)."""
+        if self.state_bits == 8:
+            size = math.prod(self.shape)
+            members = {f"codes/{self.index}": Member("u", size, self.shape, np.dtype(np.uint8)),
+                       f"scales/{self.index}": _array_member((num_blocks(size),), np.float32)}
+        else:
+            acc_shape = self.shape[:1] if rowwise else self.shape
+            members = {f"acc/{self.index}": _array_member(acc_shape,
+                                                          accumulator_dtype(self.dtype))}
         if self.master:
             members[f"master/{self.index}"] = _array_member(self.shape, np.float32)
         if self.decay is not None:

@@ -7,16 +7,20 @@ string::
 
     {"format", "version", "optimizer": "module.Class", "options": {the numerics options},
      "scheduler": null | {"class", "attributes"}, "num_update", "token",
-     "params": [{"index", "name", "shape", "dtype", "update_count", "master"[, "decay"]}, ...]}
+     "params": [{"index", "name", "shape", "dtype", "update_count", "master"[, "decay"]
+                 [, "state_bits"]}, ...]}
 
 and one array per accumulator (``acc/<index>``, float32, float64 for float64 weights) and
-float32 master weight (``master/<index>``, where ``master`` is true). A parameter with lazy
-weight decay pending (:mod:`adagrad_gluon.optim.lazy_decay`) has ``decay``, its ``log_sum``,
-and its rows' marks ``decay/<index>`` (float64, one per row, between ``decay`` and 0); a file
-without them (all version 2 files before lazy decay) has none pending. ``dtype`` is the
-weight's (a server sees the states, not the weights: it writes float16 where there is a
-master weight and the accumulator's dtype elsewhere). Version 1 files (adagrad_gluon 0.1's
-``save_states``: no ``optimizer``, ``scheduler``, ``token`` or ``master``) are read too.
+float32 master weight (``master/<index>``, where ``master`` is true); an 8-bit accumulator
+(``state_bits=8``, the entry's ``"state_bits": 8``) is saved as its uint8 codes
+(``codes/<index>``) and float32 scales (``scales/<index>``) instead of ``acc/<index>``. A
+parameter with lazy weight decay pending (:mod:`adagrad_gluon.optim.lazy_decay`) has
+``decay``, its ``log_sum``, and its rows' marks ``decay/<index>`` (float64, one per row,
+between ``decay`` and 0); a file without them (all version 2 files before lazy decay) has none
+pending. ``dtype`` is the weight's (a server sees the states, not the weights: it writes
+float16 where there is a master weight and the accumulator's dtype elsewhere). Version 1 files
+(adagrad_gluon 0.1's ``save_states``: no ``optimizer``, ``scheduler``, ``token`` or
+``master``) are read too.
 
 **What must match to resume** (:func:`check_resumable`): the optimizer's class and its
 numerics options (:data:`OPTION_NAMES`: preset, ``eps`` and its placement, initial
@@ -45,6 +49,7 @@ from ._gluon import (
     collect_states,
     counts_of_others,
     has_master,
+    has_sparse_weight,
     install_state,
     known_device_ids,
     trained_indices,
@@ -54,6 +59,7 @@ from ._gluon import (
 from .atomic import atomic_write, remove_stale_temporaries
 from .npz import Member, NpzReader, StateFileError, check_state_array, parse_json
 from .optimizer import AdagradScratch
+from .quantized import QuantizedAcc, host_copy
 from .schema import (
     FORMAT,
     OPTION_DEFAULTS,
@@ -103,9 +109,16 @@ class SavedStates:
     def states(self) -> dict[int, np.ndarray | tuple[np.ndarray, np.ndarray]]:
         """Each parameter's state as the optimizer keeps it: the accumulator, or
         ``(master, accumulator)``."""
-        return {index: (self.arrays[f"master/{index}"], self.arrays[f"acc/{index}"])
-                if entry.master else self.arrays[f"acc/{index}"]
+        return {index: (self.arrays[f"master/{index}"], self.accumulator(index))
+                if entry.master else self.accumulator(index)
                 for index, entry in self.params.items()}
+
+    def accumulator(self, index: int) -> np.ndarray | QuantizedAcc:
+        """Parameter ``index``'s accumulator: an array, or the codes and scales of an 8-bit
+        one (numpy arrays)."""
+        if self.params[index].state_bits == 8:
+            return QuantizedAcc(self.arrays[f"codes/{index}"], self.arrays[f"scales/{index}"])
+        return self.arrays[f"acc/{index}"]
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -123,7 +136,11 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
     params = []
     decay = optimizer.lazy_decay_marks() if isinstance(optimizer, AdagradScratch) else {}
     for index, (master, acc, count) in sorted(states.items()):
-        arrays[f"acc/{index}"] = acc
+        quantized = isinstance(acc, QuantizedAcc)
+        if quantized:
+            arrays[f"codes/{index}"], arrays[f"scales/{index}"] = acc.codes, acc.scales
+        else:
+            arrays[f"acc/{index}"] = acc
         if master is not None:
             arrays[f"master/{index}"] = master
         dtype = "float16" if master is not None else np.dtype(acc.dtype).name
@@ -131,7 +148,8 @@ def write_states_file(path: str | os.PathLike, optimizer, states: dict[int, tupl
                        "shape": list((shapes or {}).get(index, (acc if master is None
                                                                  else master).shape)),
                        "dtype": (dtypes or {}).get(index, dtype),
-                       "update_count": int(count), "master": master is not None})
+                       "update_count": int(count), "master": master is not None,
+                       **({"state_bits": 8} if quantized else {})})
         if index in decay:
             params[-1]["decay"], arrays[f"decay/{index}"] = decay[index]
     scheduler = optimizer.lr_scheduler
@@ -176,11 +194,17 @@ def read_states_file(path: str | os.PathLike, *, what: str,
             index = int(key.partition("/")[2])
             raise ValueError(f"{path}: the state of parameter #{index} "
                              f"({saved.params[index].name}) is missing")
-        arrays = {key: check_state_array(f"{path}: {key}", npz.read(key),
-                                         accumulator=key.startswith("acc/"))
+        arrays = {key: _checked_array(f"{path}: {key}", key, npz.read(key))
                   for key in sorted(expected)}
     _check_decay_marks(saved, arrays)
     return replace(saved, arrays=arrays)
+
+
+def _checked_array(source: str, key: str, array: np.ndarray) -> np.ndarray:
+    """A member read from a states file, checked (8-bit codes: any uint8 value is a code)."""
+    if key.startswith("codes/"):
+        return array
+    return check_state_array(source, array, accumulator=key.startswith(("acc/", "scales/")))
 
 
 def _check_decay_marks(saved: SavedStates, arrays: dict[str, np.ndarray]) -> None:
@@ -212,6 +236,9 @@ def _read_meta(path: Path, npz: NpzReader, what: str) -> SavedStates:
         raise ValueError(f"{path}: num_update {num_update} is less than the largest update "
                          f"count of a parameter ({largest}): the counts are inconsistent")
     options = {**OPTION_DEFAULTS, **meta["options"]}
+    if options["rowwise"] and any(entry.state_bits == 8 for entry in params.values()):
+        raise ValueError(f"{path}: 8-bit accumulators in a file of rowwise=True, whose "
+                         f"accumulators are float32 (one per row)")
     return SavedStates(path=path, optimizer=meta["optimizer"], options=options,
                        scheduler=meta["scheduler"], token=meta["token"], params=params,
                        num_update=num_update)
@@ -292,7 +319,7 @@ def save_states(trainer: gluon.Trainer, path: str | os.PathLike) -> None:
     optimizer, states = collect_states(trainer)
     params = trainer_params(trainer)
     write_states_file(path, optimizer, {
-        index: (None if master is None else master.asnumpy(), acc.asnumpy(), count)
+        index: (None if master is None else master.asnumpy(), host_copy(acc), count)
         for index, (master, acc, count) in states.items()},
         names={i: params[i].name for i in states},
         dtypes={i: np.dtype(params[i].dtype).name for i in states},
@@ -315,6 +342,12 @@ def _check_entries(saved: SavedStates, trainer: gluon.Trainer, optimizer,
             raise ValueError(f"{saved.path}: parameter #{index} ({param.name}) is "
                              f"{entry.shape} {entry.dtype} in the file but "
                              f"{tuple(param.shape)} {dtype} in the trainer")
+        bits = 32 if dtype == "float64" or has_sparse_weight(param) \
+            else getattr(optimizer, "state_bits", 32)
+        if entry.state_bits != bits:
+            raise ValueError(f"{saved.path}: parameter #{index} ({param.name}) has a "
+                             f"{entry.state_bits}-bit accumulator in the file but state_bits="
+                             f"{bits} in the trainer")
         if entry.master != has_master(optimizer, param):
             raise ValueError(f"{saved.path}: parameter #{index} ({param.name}) has "
                              f"{'a' if entry.master else 'no'} float32 master weight in the "
@@ -364,7 +397,7 @@ def load_states(trainer: gluon.Trainer, path: str | os.PathLike, *,
         check=lambda s: check_for_trainer(s, trainer, check_names=check_names, partial=partial))
     for index, entry in saved.params.items():
         install_state(trainer, optimizer, index, saved.arrays.get(f"master/{index}"),
-                      saved.arrays[f"acc/{index}"], entry.update_count)
+                      saved.accumulator(index), entry.update_count)
     # the largest update count, as the optimizer keeps it; a partial load keeps the counts of
     # the parameters it left
     kept = counts_of_others(optimizer, saved.params) if partial else []

@@ -53,6 +53,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -1024,3 +1025,378 @@ extern "C" int adagrad_gluon_num_threads(int n) {
   if (n >= 1) g_num_threads = n;
   return num_threads();
 }
+
+// -- 8-bit blockwise accumulator (state_bits=8; reference: adagrad_gluon/optim/quantized.py) --
+//
+//   adagrad_gluon_q8_update(weight_0, grad_0, codes_0, scales_0[, master_0], weight_1, ...)
+//       attributes num_tensors, lrs, wds and the shared options (as the multi update).
+// codes: uint8, the weight's shape; scales: float32, one per block of 256 elements. The map
+// (quantized.REGIMES): tapered 8-bit floats in regimes, from the top, of 6, 4 and 3 mantissa
+// bits, down to 2^-2, 2^-6 and code 1; code 255 is 1.0 and code 0 is 0. A code c of regime k
+// stands for the float32 whose bits are (c + base_k) << shift_k. Per block, in one pass over
+// memory through a buffer in the L1 cache:
+//   s = value(code) * scale; the float32 step above on s;
+//   scale = the s with the largest bit pattern (the largest value, as s >= 0; a NaN if any);
+//   r = (s * f) * (1 / (scale * f)), f = 2^64 if scale < 2^-64 (so 1 / (scale * f) is finite)
+//   else 1; code = clamp(((bits(r) + half_k) >> shift_k) - base_k, 1, 255) for r > 0 in
+//   regime k (the nearest code, never 0 for a positive value), else 0 (0, and NaN: 0/0, NaN,
+//   infinity).
+// Every step is integer arithmetic or one float32 operation: no table, no gather.
+
+// -DADAGRAD_GLUON_Q8_PORTABLE builds the portable loops only (tests/test_state8.py builds it
+// so, and compares it with the reference as it does the default build).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(ADAGRAD_GLUON_Q8_PORTABLE)
+#define ADAGRAD_GLUON_Q8_AVX512 1
+#include <immintrin.h>
+#ifdef __AVX512VBMI__
+#define ADAGRAD_GLUON_Q8_VBMI 1
+#endif
+#endif
+
+namespace {
+
+constexpr int64_t kQuantBlock = 256;
+
+// One regime of the map: its code of a ratio r with bits(r) >= low is
+// ((bits(r) + half) >> shift) - base; first is its smallest code.
+struct Regime {
+  uint32_t shift, half, low;
+  int32_t base, first;
+};
+
+constexpr int kNumRegimes = 3;
+
+constexpr std::array<Regime, kNumRegimes> make_regimes() {
+  constexpr int kMantissaBits[kNumRegimes] = {6, 4, 3};
+  constexpr int kLowestExponent[kNumRegimes - 1] = {-2, -6};
+  std::array<Regime, kNumRegimes> regimes{};
+  int32_t code = 255, top = 127;  // the code of the regime's top value and its biased exponent
+  for (int k = 0; k < kNumRegimes; ++k) {
+    const uint32_t shift = 23 - kMantissaBits[k];
+    const int32_t base = (top << kMantissaBits[k]) - code;
+    const bool last = k == kNumRegimes - 1;
+    const uint32_t low = last ? 0 : static_cast<uint32_t>(kLowestExponent[k] + 127) << 23;
+    const int32_t first = last ? 1 : static_cast<int32_t>(low >> shift) - base;
+    regimes[k] = {shift, 1u << (shift - 1), low, base, first};
+    if (!last) {
+      code = first;
+      top = kLowestExponent[k] + 127;
+    }
+  }
+  return regimes;
+}
+
+constexpr std::array<Regime, kNumRegimes> kRegimes = make_regimes();
+
+constexpr bool high_halves_suffice() {
+  for (const Regime& r : kRegimes) {
+    if (r.shift < 17) return false;
+  }
+  return true;
+}
+static_assert(high_halves_suffice(), "the vectorized loops use the values' high 16 bits only");
+
+// The bits of code c's value (0.0 for code 0). Their low 16 bits are 0 (shift >= 17).
+constexpr uint32_t code_bits(int32_t c) {
+  uint32_t bits = 0;
+  for (int k = kNumRegimes - 1; k >= 0; --k) {
+    const Regime& r = kRegimes[k];
+    bits = c >= r.first ? static_cast<uint32_t>(c + r.base) << r.shift : bits;
+  }
+  return bits;
+}
+
+#ifdef ADAGRAD_GLUON_Q8_VBMI
+// For the vectorized dequantize: bytes 2 and 3 of every code's value, and the order in which
+// to gather 64 codes so that unpacking those bytes into floats leaves them in order.
+struct CodeBytes {
+  alignas(64) uint8_t bytes[2][256];
+  alignas(64) uint8_t order[64];
+  CodeBytes() {
+    for (int c = 0; c < 256; ++c) {
+      bytes[0][c] = static_cast<uint8_t>(code_bits(c) >> 16);
+      bytes[1][c] = static_cast<uint8_t>(code_bits(c) >> 24);
+    }
+    // _mm512_unpack*_epi16 below leave 128-bit lane L's bytes 4m..4m+3 in vector m
+    for (int lane = 0; lane < 4; ++lane) {
+      for (int m = 0; m < 4; ++m) {
+        for (int j = 0; j < 4; ++j) order[16 * lane + 4 * m + j] = 16 * m + 4 * lane + j;
+      }
+    }
+  }
+};
+
+const CodeBytes& code_bytes() {
+  static const CodeBytes bytes;
+  return bytes;
+}
+
+// Byte 2 (plane 0) or 3 (plane 1) of the values of 64 codes x: a lookup in 256 bytes.
+inline __m512i code_byte(const __m512i (&plane)[4], __m512i x, __mmask64 high) {
+  return _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(plane[0], x, plane[1]),
+                                _mm512_permutex2var_epi8(plane[2], x, plane[3]));
+}
+#endif
+
+// s[i] = value(codes[i]) * scale for the n elements of a block. GCC vectorizes the portable
+// loop by selects (a dozen instructions a vector); with AVX-512 VBMI 64 codes are looked up
+// in registers holding the table's two nonzero bytes (~6 instructions a vector), same bits.
+inline void dequantize(const uint8_t* __restrict codes, float scale, float* __restrict s,
+                       int64_t n) {
+  int64_t i = 0;
+#ifdef ADAGRAD_GLUON_Q8_VBMI
+  const CodeBytes& table = code_bytes();
+  __m512i planes[2][4];
+  for (int p = 0; p < 2; ++p) {
+    for (int q = 0; q < 4; ++q) planes[p][q] = _mm512_load_si512(table.bytes[p] + 64 * q);
+  }
+  const __m512i order = _mm512_load_si512(table.order), zero = _mm512_setzero_si512();
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (; i + 64 <= n; i += 64) {
+    const __m512i x = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes + i));
+    const __mmask64 high = _mm512_movepi8_mask(x);  // codes >= 128
+    const __m512i low_bytes = code_byte(planes[0], x, high);
+    const __m512i high_bytes = code_byte(planes[1], x, high);
+    const __m512i words[2] = {_mm512_unpacklo_epi8(low_bytes, high_bytes),
+                              _mm512_unpackhi_epi8(low_bytes, high_bytes)};
+    for (int h = 0; h < 2; ++h) {
+      _mm512_storeu_ps(s + i + 32 * h, _mm512_mul_ps(
+          _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words[h])), factor));
+      _mm512_storeu_ps(s + i + 32 * h + 16, _mm512_mul_ps(
+          _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words[h])), factor));
+    }
+  }
+#endif
+  for (; i < n; ++i) s[i] = float_of(code_bits(codes[i])) * scale;
+}
+
+// The largest bit pattern of n values: the largest value if all are >= 0, or a NaN.
+inline float block_top(const float* __restrict s, int64_t n) {
+  uint32_t top = 0;
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, bits_of(s[i]));
+  return float_of(top);
+}
+
+// The code of a ratio r (see above).
+inline uint8_t quant_code(float r) {
+  const uint32_t bits = bits_of(r);
+  int32_t c = 0;
+  for (int k = kNumRegimes - 1; k >= 0; --k) {
+    const Regime& g = kRegimes[k];
+    c = bits >= g.low ? static_cast<int32_t>((bits + g.half) >> g.shift) - g.base : c;
+  }
+  return r > 0.0f ? static_cast<uint8_t>(std::min(std::max(c, 1), 255)) : 0;
+}
+
+// The codes of n values s of a block whose scale is top. GCC vectorizes the portable loop
+// clumsily (its masks spill). With AVX-512 32 codes at a time come from the ratios' high 16
+// bits (every regime's shift is >= 17, so ((bits + half) >> shift) is ((bits >> 16) + (half
+// >> 16)) >> (shift - 16)), in 16-bit lanes: the same bits.
+inline void quantize(const float* __restrict s, uint8_t* __restrict codes, int64_t n,
+                     float top) {
+  const float factor = top < 0x1p-64f ? 0x1p64f : 1.0f;
+  const float inverse = 1.0f / (top * factor);
+  int64_t i = 0;
+#ifdef ADAGRAD_GLUON_Q8_AVX512
+  const __m512 factors = _mm512_set1_ps(factor), inverses = _mm512_set1_ps(inverse);
+  alignas(64) int16_t odd[32];  // the high halves of 2 x 16 floats, in order
+  for (int k = 0; k < 32; ++k) odd[k] = static_cast<int16_t>(2 * k + 1);
+  const __m512i high_halves = _mm512_load_si512(odd);
+  for (; i + 32 <= n; i += 32) {
+    const __m512 r0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), factors), inverses);
+    const __m512 r1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i + 16), factors),
+                                    inverses);
+    const __m512i t = _mm512_permutex2var_epi16(_mm512_castps_si512(r0), high_halves,
+                                                _mm512_castps_si512(r1));
+    __m512i c = _mm512_setzero_si512();
+    for (int k = kNumRegimes - 1; k >= 0; --k) {
+      const Regime& g = kRegimes[k];
+      const __m512i shifted = _mm512_srli_epi16(
+          _mm512_add_epi16(t, _mm512_set1_epi16(static_cast<int16_t>(g.half >> 16))),
+          g.shift - 16);
+      const __mmask32 in = _mm512_cmpge_epu16_mask(
+          t, _mm512_set1_epi16(static_cast<int16_t>(g.low >> 16)));
+      c = _mm512_mask_sub_epi16(c, in, shifted, _mm512_set1_epi16(static_cast<int16_t>(g.base)));
+    }
+    c = _mm512_max_epi16(c, _mm512_set1_epi16(1));
+    const __mmask32 positive = _mm512_kunpackw(
+        _mm512_cmp_ps_mask(r1, _mm512_setzero_ps(), _CMP_GT_OQ),
+        _mm512_cmp_ps_mask(r0, _mm512_setzero_ps(), _CMP_GT_OQ));
+    // unsigned saturation: c > 255 (a ratio rounded above 1, or infinite) becomes 255
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i),
+                        _mm512_maskz_cvtusepi16_epi8(positive, c));
+  }
+#endif
+  for (; i < n; ++i) codes[i] = quant_code((s[i] * factor) * inverse);
+}
+
+struct QuantJob {
+  void* weight;
+  const void* grad;
+  uint8_t* codes;
+  float* scales;
+  float* master;  // nullptr without a master weight
+  int64_t size;
+  double lr;
+  double wd;
+};
+
+// Update blocks [first, last) of a job, one pass over memory: per block, dequantize into a
+// buffer in the L1 cache, the elementwise update on it, take its top, requantize.
+template <typename W, bool kMaster, Decay kDecay, Placement kPlace>
+void quant_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
+  alignas(64) float s[kQuantBlock];
+  for (int64_t b = first; b < last; ++b) {
+    const int64_t begin = b * kQuantBlock;
+    const int64_t n = std::min(kQuantBlock, job.size - begin);
+    uint8_t* codes = job.codes + begin;
+    dequantize(codes, job.scales[b], s, n);
+    const Job part{static_cast<W*>(job.weight) + begin, static_cast<const W*>(job.grad) + begin,
+                   s, kMaster ? job.master + begin : nullptr, n, job.lr, job.wd};
+    update_range<W, float, kMaster, kDecay, kPlace>(part, options, 0, n);
+    const float top = block_top(s, n);
+    job.scales[b] = top;
+    quantize(s, codes, n, top);
+  }
+}
+
+using QuantFn = void (*)(const QuantJob&, const Options&, int64_t, int64_t);
+
+template <typename W, bool kMaster, Decay kDecay>
+QuantFn quant_placement(Placement placement) {
+  return placement == Placement::kInside ? quant_blocks<W, kMaster, kDecay, Placement::kInside>
+                                         : quant_blocks<W, kMaster, kDecay, Placement::kOutside>;
+}
+
+template <typename W, bool kMaster>
+QuantFn quant_decay(Decay decay, Placement placement) {
+  switch (decay) {
+    case Decay::kStep: return quant_placement<W, kMaster, Decay::kStep>(placement);
+    case Decay::kL2: return quant_placement<W, kMaster, Decay::kL2>(placement);
+    case Decay::kDecoupled: return quant_placement<W, kMaster, Decay::kDecoupled>(placement);
+    default: return quant_placement<W, kMaster, Decay::kNone>(placement);
+  }
+}
+
+QuantFn pick_quant(int weight_type, bool master, double wd, const Options& o) {
+  const Decay decay = wd == 0.0 ? Decay::kNone : o.decay_mode;
+  if (weight_type == mxnet::ext::kFloat32 && !master) return quant_decay<float, false>(decay,
+                                                                                  o.placement);
+  if (weight_type != mxnet::ext::kFloat16) return nullptr;
+  return master ? quant_decay<uint16_t, true>(decay, o.placement)
+                : quant_decay<uint16_t, false>(decay, o.placement);
+}
+
+// Inputs per tensor: weight, grad, codes, scales[, master].
+int quant_per_tensor(const Layout& layout) { return layout.master ? 5 : 4; }
+
+MXReturnValue quant_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  *num_in = layout.num_tensors * quant_per_tensor(layout);
+  *num_out = 0;
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                                std::vector<std::vector<unsigned int>>*) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const std::vector<unsigned int>* shapes = &(*in)[t * quant_per_tensor(layout)];
+    int64_t size = 1;
+    for (unsigned int d : shapes[0]) size *= d;
+    const std::vector<unsigned int> blocks{
+        static_cast<unsigned int>((size + kQuantBlock - 1) / kQuantBlock)};
+    if (shapes[1] != shapes[0] || shapes[2] != shapes[0] || shapes[3] != blocks
+        || (layout.master && shapes[4] != shapes[0])) {
+      MX_ERROR_MSG << "tensor " << t << ": grad, codes (and master) must have the weight's "
+                   << "shape and scales one element per block of 256";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_infer_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>*) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int* types = &(*in)[t * quant_per_tensor(layout)];
+    const bool weight_ok = layout.master ? types[0] == mxnet::ext::kFloat16
+                                         : (types[0] == mxnet::ext::kFloat32
+                                            || types[0] == mxnet::ext::kFloat16);
+    if (!weight_ok || types[1] != types[0] || types[2] != mxnet::ext::kUint8
+        || types[3] != mxnet::ext::kFloat32
+        || (layout.master && types[4] != mxnet::ext::kFloat32)) {
+      MX_ERROR_MSG << "tensor " << t << ": expected a float32 or float16 weight and grad, "
+                   << "uint8 codes, float32 scales (and a float32 master for float16)";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_mutate_inputs(const Attrs& attrs, std::vector<int>* indices) {
+  Layout layout;
+  if (!parse_layout(attrs, true, &layout)) return MX_FAIL;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    const int first = t * quant_per_tensor(layout);
+    for (int k : {0, 2, 3}) indices->push_back(first + k);
+    if (layout.master) indices->push_back(first + 4);
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue quant_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>*, const OpResource&) {
+  Layout layout;
+  Options options;
+  std::vector<double> lrs, wds;
+  if (!parse_layout(attrs, true, &layout) || !parse_options(attrs, &options)
+      || !get_numbers(attrs, "lrs", layout.num_tensors, &lrs)
+      || !get_numbers(attrs, "wds", layout.num_tensors, &wds)) {
+    return MX_FAIL;
+  }
+  std::vector<QuantJob> jobs;
+  std::vector<QuantFn> kernels;
+  struct Blocks { int job; int64_t first, last; };
+  std::vector<Blocks> pieces;
+  constexpr int64_t kGrainBlocks = kGrainElements / kQuantBlock;
+  int64_t total = 0;
+  for (int t = 0; t < layout.num_tensors; ++t) {
+    MXTensor* in = &(*inputs)[t * quant_per_tensor(layout)];
+    const QuantFn kernel = pick_quant(in[0].dtype, layout.master, wds[t], options);
+    if (kernel == nullptr) {
+      MX_ERROR_MSG << "tensor " << t << ": unsupported weight type " << in[0].dtype;
+      return MX_FAIL;
+    }
+    const int64_t size = in[0].size();
+    jobs.push_back({in[0].data_ptr, in[1].data_ptr, in[2].data<uint8_t>(), in[3].data<float>(),
+                    layout.master ? in[4].data<float>() : nullptr, size, lrs[t], wds[t]});
+    kernels.push_back(kernel);
+    total += size;
+    const int64_t blocks = (size + kQuantBlock - 1) / kQuantBlock;
+    for (int64_t first = 0; first < blocks; first += kGrainBlocks) {
+      pieces.push_back({t, first, std::min(blocks, first + kGrainBlocks)});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(pieces.size());
+  const int threads = total < kParallelMinElements ? 1 : std::min<int64_t>(num_threads(), count);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int64_t p = 0; p < count; ++p) {
+    const Blocks& piece = pieces[p];
+    kernels[piece.job](jobs[piece.job], options, piece.first, piece.last);
+  }
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(adagrad_gluon_q8_update)
+    .setParseAttrs(quant_parse)
+    .setInferShape(quant_infer_shape)
+    .setInferType(quant_infer_type)
+    .setInferSType(infer_storage<false>)
+    .setMutateInputs(quant_mutate_inputs)
+    .setForward(quant_forward, "cpu");

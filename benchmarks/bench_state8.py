@@ -1,0 +1,228 @@
+"""How fast is an 8-bit accumulator step, and how small is its state? ``adagrad_scratch``'s
+fused update with ``state_bits=32`` and ``state_bits=8`` side by side in one run, with
+bitsandbytes' ``Adagrad8bit`` (CPU) and ``torch.optim.Adagrad`` where they install.
+
+For each parameter set (1x10M and 1x50M: memory-bound; 1000x1k, 1000x10) the methods step on
+fixed random float32 gradients, taking turns (interleaved repeats, :func:`bench_update.measure`);
+the minimum time per step is reported with the ratio float32 / 8-bit (> 1: the 8-bit step is
+faster) and the accumulator's bytes per element, read from the states the step created. The
+float32 fused update moves 20 B/element (read w, g, s; write w, s), the 8-bit one ~14 (s is 1
+byte, plus a 4-byte scale per 256 elements), so a memory-bound step may be up to 1.4x faster.
+Two streaming loops with exactly that traffic and no arithmetic to speak of run in the same
+interleaved loop (``stream_bound.cc``, ``stream_bound8.cc``, built with the kernels' compiler
+and flags, on as many threads): each update's time as a fraction of its own bound's.
+
+    python benchmarks/bench_state8.py [--repeats 7] [--cases 1x10M,1000x1k] [--threads N]
+    python benchmarks/bench_state8.py --readme    # ... and write its table into README.md
+
+Not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from bench_update import LR, _arrays, build_bound, compile_library, measure, streaming
+from mxnet import nd
+from readme_tables import README, markdown_table, provenance, write_section
+
+import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
+from adagrad_gluon.optim import kernels
+from adagrad_gluon.optim.checks import split_state
+
+CASES = {"1x10M": (1, 10_000_000), "1x50M": (1, 50_000_000), "1000x1k": (1000, 1000),
+         "1000x10": (1000, 10)}
+FLOAT32 = "adagrad_scratch fused, state_bits=32"
+EIGHT = "adagrad_scratch fused, state_bits=8"
+BNB = "bitsandbytes Adagrad8bit (CPU)"
+TORCH = "torch Adagrad fused=True"
+BOUND32 = "streaming bound, float32 traffic (20 B/element)"
+BOUND8 = "streaming bound, 8-bit traffic (14 B/element)"
+BOUND8_SOURCE = Path(__file__).resolve().parent / "stream_bound8.cc"
+BOUNDS = {FLOAT32: BOUND32, EIGHT: BOUND8}  # each update's own bound
+
+Step = Callable[[], None]
+Made = tuple[Step, Callable[[], int]]  # the step, and the accumulators' bytes after it ran
+
+
+def scratch(state_bits: int) -> Callable[[int, int], Made]:
+    def make(count: int, size: int) -> Made:
+        optimizer = mx.optimizer.create("adagrad_scratch", learning_rate=LR, kernel="fused",
+                                        state_bits=state_bits)
+        weights, grads = ([nd.array(a) for a in arrays] for arrays in _arrays(count, size))
+        updater = mx.optimizer.get_updater(optimizer)
+        indices = list(range(count))
+
+        def step() -> None:
+            updater(indices, grads, weights)
+
+        def state_bytes() -> int:
+            accs = [split_state(state)[1] for state in updater.states.values()]
+            return sum(acc.nbytes if hasattr(acc, "codes") else acc.size * 4 for acc in accs)
+
+        return step, state_bytes
+
+    return make
+
+
+def build_bound8(directory: str) -> Callable:
+    """Compile ``stream_bound8.cc`` into ``directory``; return its ``stream_bound8``."""
+    function = compile_library(BOUND8_SOURCE, directory).stream_bound8
+    floats = ctypes.POINTER(ctypes.c_float)
+    function.argtypes = [floats, floats, ctypes.POINTER(ctypes.c_uint8), floats, ctypes.c_int64,
+                         ctypes.c_float, ctypes.c_int]
+    function.restype = None
+    return function
+
+
+def streaming8(function: Callable, threads: int) -> Callable[[int, int], Made]:
+    """The 8-bit bound: ``function`` over one flat array of ``count * size`` elements."""
+    def make(count: int, size: int) -> Made:
+        weights, grads = _arrays(1, count * size)
+        n = weights[0].size
+        codes, scales = np.zeros(n, np.uint8), np.ones(-(-n // 256), np.float32)
+        arrays = (weights[0], grads[0], codes, scales)
+
+        def step() -> None:
+            function(*[a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8 if a is codes
+                                                       else ctypes.c_float)) for a in arrays],
+                     n, 1.0, threads)
+
+        return step, lambda: 0
+
+    return make
+
+
+def torch_optimizer(factory: Callable, threads: int) -> Callable[[int, int], Made]:
+    def make(count: int, size: int) -> Made:
+        import torch
+
+        weights, grads = _arrays(count, size)
+        params = [torch.nn.Parameter(torch.from_numpy(w)) for w in weights]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        optimizer = factory(params)
+
+        def step() -> None:
+            torch.set_num_threads(threads)
+            optimizer.step()
+
+        def state_bytes() -> int:  # every tensor of the state but the step count
+            return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+                       for k, v in state.items() if torch.is_tensor(v) and k != "step")
+
+        return step, state_bytes
+
+    return make
+
+
+def optional_methods(threads: int) -> tuple[dict[str, Callable], list[str]]:
+    """The torch and bitsandbytes methods that install here, and notes on those that do not."""
+    chosen, notes = {}, []
+    try:
+        import torch
+    except ImportError:
+        return chosen, ["torch: not installed (pip install torch==2.13.0)"]
+    chosen[TORCH] = torch_optimizer(
+        lambda params: torch.optim.Adagrad(params, lr=LR, eps=1e-6, fused=True), threads)
+    try:
+        import bitsandbytes as bnb
+
+        probe = torch.nn.Parameter(torch.zeros(512))
+        probe.grad = torch.ones(512)
+        bnb.optim.Adagrad8bit([probe], lr=LR, min_8bit_size=0).step()
+    except Exception as exc:  # noqa: BLE001  (any failure means: not on this machine)
+        notes.append(f"bitsandbytes Adagrad8bit: unavailable on CPU here "
+                     f"({type(exc).__name__}: {str(exc)[:120]})")
+        return chosen, notes
+    notes.append(f"bitsandbytes {bnb.__version__}, torch {torch.__version__}")
+    chosen[BNB] = torch_optimizer(lambda params: bnb.optim.Adagrad8bit(
+        params, lr=LR, eps=1e-6, min_8bit_size=0), threads)
+    return chosen, notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OpenMP threads of the fused kernels (and of torch); "
+                             "default: kernels.num_threads()")
+    parser.add_argument("--seconds", type=float, default=0.15,
+                        help="target duration of one repeat of one method")
+    parser.add_argument("--readme", nargs="?", const=README, type=Path,
+                        help="write the table into this README (default: the repository's)")
+    args = parser.parse_args(argv)
+    kernels.load()
+    if args.threads:
+        kernels.set_num_threads(args.threads)
+    threads = kernels.num_threads()
+    extra, notes = optional_methods(threads)
+    print(f"mxnet {mx.__version__}; {threads} threads (kernels and torch)")
+    for note in notes:
+        print(note)
+    results = {}
+    directory = tempfile.TemporaryDirectory()
+    bound32 = streaming(build_bound(directory.name), threads)
+    bounds = {BOUND32: lambda count, size: (bound32(count, size), lambda: 0),
+              BOUND8: streaming8(build_bound8(directory.name), threads)}
+    for case in args.cases.split(","):
+        count, size = CASES[case]
+        made = {name: make(count, size) for name, make in
+                {FLOAT32: scratch(32), EIGHT: scratch(8), **extra, **bounds}.items()}
+        times = measure({name: step for name, (step, _) in made.items()}, args.repeats,
+                        args.seconds)
+        best = {name: min(t) for name, t in times.items()}
+        per_element = {name: state_bytes() / (count * size)
+                       for name, (_, state_bytes) in made.items()}
+        results[case] = (best, per_element)
+        report(case, best, per_element, threads)
+        del made
+    if args.readme:
+        command = "python benchmarks/bench_state8.py --readme"
+        write_section("benchmarks/bench_state8.py", "\n\n".join(
+            [readme_table(results, notes), provenance(command, threads)]), args.readme)
+        print(f"\nwrote the table into {args.readme}")
+
+
+def report(case: str, best: dict[str, float], per_element: dict[str, float],
+           threads: int) -> None:
+    """Print one case: per method the minimum time per step, accumulator bytes per element,
+    and the ratio to the 8-bit fused update (> 1: slower than it)."""
+    print(f"\n{case} float32 elements, {threads} threads, min of interleaved repeats")
+    for name, seconds in best.items():
+        state = "" if name in BOUNDS.values() else f"{per_element[name]:6.3f} B/element  "
+        print(f"  {name:<48} {seconds * 1e3:9.3f} ms  {state}"
+              f"{seconds / best[EIGHT]:5.2f}x the 8-bit step")
+    print(f"  float32 / 8-bit fused: {best[FLOAT32] / best[EIGHT]:.2f}x; of its traffic bound: "
+          + ", ".join(f"{name.split(', ')[1]} {best[bound] / best[name]:.0%}"
+                      for name, bound in BOUNDS.items()))
+
+
+def readme_table(results: dict, notes: list[str]) -> str:
+    """The README's table: per case, the 8-bit and float32 fused steps, their ratio, and the
+    accumulator's bytes per element; bitsandbytes' step and bytes where it ran."""
+    header = ["parameters", "`state_bits=32`", "`state_bits=8`", "float32 / 8-bit",
+              "of its traffic bound (32 / 8)", "accumulator B/element (32 / 8)",
+              "bitsandbytes `Adagrad8bit` (B/element)"]
+    rows = []
+    for case, (best, per_element) in results.items():
+        bnb = (f"{best[BNB] * 1e3:.2f} ms ({per_element[BNB]:.3f})" if BNB in best else "n/a")
+        rows.append([case.replace("x", "×"), f"{best[FLOAT32] * 1e3:.2f} ms",
+                     f"{best[EIGHT] * 1e3:.2f} ms", f"{best[FLOAT32] / best[EIGHT]:.2f}×",
+                     " / ".join(f"{best[bound] / best[name]:.0%}"
+                                for name, bound in BOUNDS.items()),
+                     f"{per_element[FLOAT32]:.2f} / {per_element[EIGHT]:.3f}", bnb])
+    return markdown_table(header, rows) + "".join(f"\n\n{note}." for note in notes)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
