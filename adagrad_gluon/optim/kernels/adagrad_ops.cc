@@ -169,7 +169,7 @@ struct Job {
 template <typename A>
 struct Scalars {
   A rescale, lo, hi, eps, lr, neg_lr, wd;
-  bool maximize, guard_zero;
+  bool maximize, guard_zero, clip;
 
   Scalars(const Options& o, const Job& j)
       : rescale(static_cast<A>(o.rescale_grad)),
@@ -183,7 +183,8 @@ struct Scalars {
         neg_lr(static_cast<A>(-j.lr)),
         wd(static_cast<A>(j.wd)),
         maximize(o.maximize),
-        guard_zero(o.eps == 0.0) {}
+        guard_zero(o.eps == 0.0),
+        clip(o.clip) {}
 };
 
 template <Decay kDecay, Placement kPlace, typename A>
@@ -673,8 +674,8 @@ struct RowTask {
 template <Decay kDecay, typename A>
 inline A prepared(A grad, A wv, const Scalars<A>& c) {
   A g = grad * c.rescale;
-  g = g > c.hi ? c.hi : (g < c.lo ? c.lo : g);
-  g = c.maximize ? -g : g;
+  if (c.clip) g = g > c.hi ? c.hi : (g < c.lo ? c.lo : g);  // unclipped: lo, hi = -inf, inf
+  if (c.maximize) g = -g;
   if constexpr (kDecay == Decay::kL2) g = g + wv * c.wd;
   return g;
 }
