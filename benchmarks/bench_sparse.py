@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 from mxnet import nd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_update import _usable_cpus, compile_library, measure  # noqa: E402
+from bench_update import _usable_cpus, compile_library, kernel_threads, measure  # noqa: E402
 from readme_tables import README, markdown_table, provenance, write_section  # noqa: E402
 
 import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
@@ -309,10 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rows > args.table:
         parser.error(f"--rows {args.rows} exceeds --table {args.table}")
-    kernels.load()
-    if args.threads:
-        kernels.set_num_threads(args.threads)
-    threads = kernels.num_threads()
+    threads = kernel_threads(args.threads)
     case = Case(args.table, args.width, args.rows, args.batches, args.alpha)
     notes: list[str] = []
     makers = methods(threads, notes)

@@ -20,7 +20,6 @@ Not a test: numbers depend on the machine and its load.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import tempfile
 from collections.abc import Callable
@@ -28,12 +27,20 @@ from pathlib import Path
 
 import mxnet as mx
 import numpy as np
-from bench_update import LR, _arrays, build_bound, compile_library, measure, streaming
+from bench_update import (
+    LR,
+    _arrays,
+    build_bound,
+    compile_library,
+    kernel_threads,
+    measure,
+    streaming,
+    timing_arguments,
+)
 from mxnet import nd
-from readme_tables import README, markdown_table, provenance, write_section
+from readme_tables import markdown_table, provenance, write_section
 
 import adagrad_gluon  # noqa: F401  (registers adagrad_scratch)
-from adagrad_gluon.optim import kernels
 from adagrad_gluon.optim.checks import split_state
 
 CASES = {"1x10M": (1, 10_000_000), "1x50M": (1, 50_000_000), "1000x1k": (1000, 1000),
@@ -148,22 +155,8 @@ def optional_methods(threads: int) -> tuple[dict[str, Callable], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OpenMP threads of the fused kernels (and of torch); "
-                             "default: kernels.num_threads()")
-    parser.add_argument("--seconds", type=float, default=0.15,
-                        help="target duration of one repeat of one method")
-    parser.add_argument("--readme", nargs="?", const=README, type=Path,
-                        help="write the table into this README (default: the repository's)")
-    args = parser.parse_args(argv)
-    kernels.load()
-    if args.threads:
-        kernels.set_num_threads(args.threads)
-    threads = kernels.num_threads()
+    args = timing_arguments(__doc__.split("\n\n")[0], CASES).parse_args(argv)
+    threads = kernel_threads(args.threads)
     extra, notes = optional_methods(threads)
     print(f"mxnet {mx.__version__}; {threads} threads (kernels and torch)")
     for note in notes:

@@ -60,6 +60,7 @@ from readme_tables import README, markdown_table, provenance, write_section
 import adagrad_gluon  # registers adagrad_scratch
 from adagrad_gluon.optim import kernels
 from adagrad_gluon.optim.kernels import build_module
+from adagrad_gluon.validation import positive_float, positive_int
 
 CASES = {"1x10M": (1, 10_000_000), "10x1M": (10, 1_000_000), "1000x1k": (1000, 1000),
          "1000x10": (1000, 10)}
@@ -282,25 +283,37 @@ def _seconds_per_step(step: Step, n: int) -> float:
     return elapsed / n
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--threads", type=int, default=None,
+def timing_arguments(description: str, cases: dict) -> argparse.ArgumentParser:
+    """A parser with the flags every update benchmark takes: --repeats, --cases (names of
+    ``cases``), --threads, --seconds and --readme."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--cases", default=",".join(cases),
+                        help=f"comma-separated, from {', '.join(cases)}")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="OpenMP threads of the fused kernels (and of torch); "
                              "default: kernels.num_threads()")
-    parser.add_argument("--seconds", type=float, default=0.15,
+    parser.add_argument("--seconds", type=positive_float, default=0.15,
                         help="target duration of one repeat of one method")
-    parser.add_argument("--regimes", default=",".join(REGIMES),
-                        help=f"comma-separated, from {', '.join(REGIMES)}")
     parser.add_argument("--readme", nargs="?", const=README, type=Path,
                         help="write the table into this README (default: the repository's)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def kernel_threads(threads: int | None) -> int:
+    """Load the kernels, give them ``threads`` OpenMP threads if set; the count they use."""
     kernels.load()
-    if args.threads:
-        kernels.set_num_threads(args.threads)
-    threads = kernels.num_threads()
+    if threads:
+        kernels.set_num_threads(threads)
+    return kernels.num_threads()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = timing_arguments(__doc__.split("\n\n")[0], CASES)
+    parser.add_argument("--regimes", default=",".join(REGIMES),
+                        help=f"comma-separated, from {', '.join(REGIMES)}")
+    args = parser.parse_args(argv)
+    threads = kernel_threads(args.threads)
     try:
         import torch
 
