@@ -163,3 +163,45 @@ def test_host_row_check_survives_pickling_and_old_pickles_default_to_none():
     old = AdagradScratch()
     del old.host_row_check  # as pickled before the option existed
     assert pickle.loads(pickle.dumps(old)).host_row_check is None
+
+
+def test_a_master_copy_the_kernels_do_not_take_gets_its_rows_checked_on_the_host():
+    """A float32 weight with a (master, accumulator) state is updated by the reference, which
+    does not check rows: the host does, even with host_row_check=False (a duplicate row was
+    applied once, an out-of-range one dropped, silently)."""
+    opt = AdagradScratch(kernel="fused", host_row_check=False)
+    weight = nd.ones((10, 4))
+    state = (weight.copy(), nd.zeros((10, 4)))
+    for rows in ([3, 3], [4, 12]):
+        with pytest.raises(ValueError, match=HOST_REFUSAL):
+            opt.update_multi_precision(0, weight, _row_sparse(rows), state)
+    np.testing.assert_array_equal(weight.asnumpy(), 1.0)
+
+
+@pytest.mark.parametrize("check", [False, None])
+def test_rows_that_pending_weight_decay_reads_are_checked_on_the_host(check):
+    """Decay still pending after wd is set to 0 is caught up before the kernel runs, on the
+    gradient's rows: they are checked on the host first (the catch-up wrote out of bounds)."""
+    opt = AdagradScratch(kernel="fused", host_row_check=check, wd=0.1,
+                         weight_decay_mode="decoupled", learning_rate=0.1)
+    weight = nd.ones((10, 4))
+    state = opt.create_state(0, weight)
+    opt.update(0, weight, _row_sparse([1, 3]), state)
+    opt.update(0, weight, _row_sparse([2, 5]), state)
+    opt.wd = 0.0
+    before = weight.asnumpy()
+    with pytest.raises(ValueError, match=HOST_REFUSAL):
+        opt.update(0, weight, _row_sparse([1, 1]), state)
+    np.testing.assert_array_equal(weight.asnumpy(), before)
+
+
+def test_a_trainers_own_gradient_with_weight_decay_is_checked_on_the_host():
+    """Under weight decay the rows are gathered before the kernel runs: a Trainer's own
+    gradient with rows written by hand is refused at the step, nothing written."""
+    embedding, trainer, param = _embedding_trainer(wd=0.01, weight_decay_mode="decoupled")
+    _train(embedding, trainer, steps=1)
+    weight = param.data().asnumpy()
+    _write_gradient(param, _row_sparse([2, 2]))
+    with pytest.raises(ValueError, match=HOST_REFUSAL):
+        trainer.step(1)
+    np.testing.assert_array_equal(param.data().asnumpy(), weight)

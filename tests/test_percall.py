@@ -207,6 +207,32 @@ def test_a_repeated_per_key_call_does_not_check_its_arrays_again(monkeypatch):
     assert checks == [*range(COUNT), 2, 3]
 
 
+def test_per_key_calls_through_an_aggregating_updater_reuse_their_prepared_update(monkeypatch):
+    """A parameter server's updater keeps the optimizer's aggregate_num (> 0 for the fused
+    kernels), so MXNet hands each key over as lists of one: they take the per-key path too
+    (they were checked and prepared anew on every call)."""
+    checks = []
+    original = optimizer.checked_arrays
+    monkeypatch.setattr(optimizer, "checked_arrays",
+                        lambda *args, **kw: checks.append(args[1]) or original(*args, **kw))
+    opt = mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="fused")
+    assert opt.aggregate_num > 0
+    updater = mx.optimizer.get_updater(opt)
+    weights, grads = _arrays()
+    for _ in range(3):
+        for i in range(COUNT):
+            updater(i, grads[i], weights[i])
+    assert checks == list(range(COUNT))
+    reference = mx.optimizer.get_updater(
+        mx.optimizer.create("adagrad_scratch", learning_rate=0.1, kernel="reference"))
+    expected, grads = _arrays()
+    for _ in range(3):
+        for i in range(COUNT):
+            reference(i, grads[i], expected[i])
+    for actual, wanted in zip(weights, expected, strict=True):
+        np.testing.assert_array_equal(actual.asnumpy(), wanted.asnumpy())
+
+
 def test_per_key_calls_follow_every_change_of_options_and_arrays_bit_for_bit():
     """Options changed between steps (as gluon.Trainer sets rescale_grad), a state replaced,
     a gradient object replaced: the prepared per-key path gives the reference's weights."""

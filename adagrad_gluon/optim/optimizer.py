@@ -157,13 +157,14 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         pipeline (0.21 ms of a 0.74 ms update of 10k rows of 64 in ``bench_sparse.py``).
         ``None``: checked, except a gradient that is a ``gluon.Trainer`` parameter's own gradient
         array (``param_dict``; ``backward`` wrote its rows sorted, unique and in range).
-        ``True``: always checked. ``False``: not on the host, unless weight decay applies (the
-        lazy decay gathers the rows before the kernel runs). The fused kernel checks the rows
-        in every case before it writes anything; what it refuses leaves weight and accumulator
+        ``True``: always checked. ``False``: not on the host. The fused row_sparse kernel checks
+        the rows before it writes anything; what it refuses leaves weight and accumulator
         untouched and raises MXNet's ``MXNetError`` naming the rows at the next read (MXNet runs
-        operators asynchronously). The reference path (``kernel='reference'``), whose updates
-        of rows (8-bit states' too) do not check them, and a kvstore's ``row_sparse`` weight
-        always check on the host.
+        operators asynchronously). Whatever the setting, the host checks rows that are read
+        before or without that kernel: the reference path (``kernel='reference'``), 8-bit
+        states and master copies of non-float16 weights (both updated by the reference), lazy
+        weight decay (``wd != 0`` or decay still pending: its catch-up gathers the rows first),
+        and a kvstore's ``row_sparse`` weight.
     state_bits : {32, 8}, default 32
         The accumulator's storage: float32, or 8-bit blockwise (uint8 codes plus a float32
         scale per block of 256 elements, <= 1.016 bytes per element; each step dequantizes,
@@ -327,7 +328,15 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """
         if not isinstance(index, (list, tuple)):
             self._update_key(index, weight, grad, state)
-            return
+        elif len(index) == 1:  # MXNet's Updater wraps a parameter server's per-key call so
+            self._update_key(index[0], weight[0], grad[0], state[0])
+        else:
+            self._update_lists(index, weight, grad, state)
+
+    def _update_lists(self, index: Sequence[int], weight: Sequence[nd.NDArray],
+                      grad: Sequence[nd.NDArray], state: Sequence[State]) -> None:
+        """The whole update of one call (equally long lists): checks, policy, rates, lazy
+        decay, then one call of the chosen path."""
         options = self.options
         slot, key = _call_key(index, weight, grad, state, rowwise=options.rowwise)
         known = self._checked_calls.get(slot)
@@ -359,12 +368,12 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         lazy_decay.advance_all(pending)
 
     def _update_key(self, index, weight: nd.NDArray, grad: nd.NDArray, state: State) -> None:
-        """One parameter's update, called with no lists (as a parameter server calls it, once
-        per key). A call with the very arrays and the options of the key's last call runs the
-        fused update prepared then (:func:`~.kernels.prepare`), without checking the arrays
-        again (an NDArray's shape, dtype and storage type cannot change), unless a non-finite
-        policy or lazy weight decay needs the whole path; the rates are computed and counted
-        as that path does."""
+        """One parameter's update, called with no lists or lists of one (as a parameter server
+        calls it, once per key, through MXNet's Updater). A call with the very arrays and the
+        options of the key's last call runs the fused update prepared then
+        (:func:`~.kernels.prepare`), without checking the arrays again (an NDArray's shape,
+        dtype and storage type cannot change), unless a non-finite policy or lazy weight decay
+        needs the whole path; the rates are computed and counted as that path does."""
         plain = self.nonfinite == "propagate" and not self._row_decay
         known = self._prepared_keys.get(index) if plain else None
         if (known is not None and known.weight is weight and known.grad is grad
@@ -373,7 +382,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             _check_no_decay(self.compat, wd)
             known.update(self._count_and_lrs([index])[0], wd)
             return
-        self.update_multi_precision([index], [weight], [grad], [state])
+        self._update_lists([index], [weight], [grad], [state])
         if plain:
             self._prepared_keys[index] = self._prepared_key(weight, grad, state)
 
@@ -426,11 +435,21 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     def _rows_need_host_check(self, index, arrays) -> bool:
         """Whether a row_sparse gradient's rows are checked on the host (see
         ``host_row_check``); ``arrays``: the parameter's :class:`~.checks.Checked`."""
-        if self.kernel != "fused" or self.host_row_check or isinstance(arrays.acc, QuantizedAcc):
-            return True  # the rows' update does not check them, or the user asks for it
+        if self.host_row_check or not self._kernel_checks_rows(arrays) \
+                or self._get_wd(index) != 0 \
+                or (index, arrays.weight.context.device_id) in self._row_decay:
+            return True  # asked for, or the rows are read before (or without) the kernel's check
         if self.host_row_check is None:
             return not _own_gradient(self.param_dict.get(index), arrays.grad)
-        return self._get_wd(index) != 0  # the lazy decay's catch-up reads the rows first
+        return False
+
+    def _kernel_checks_rows(self, arrays) -> bool:
+        """Whether these arrays' update is the fused row_sparse operator, which checks the rows
+        before it writes: not the reference path, an 8-bit state (its rows go through the
+        reference) or a master copy the kernels do not take (the same)."""
+        return (self.kernel == "fused" and not isinstance(arrays.acc, QuantizedAcc)
+                and (arrays.master is None
+                     or kernels.supports(arrays.weight, arrays.acc, arrays.master)))
 
     @property
     def num_nonfinite_skipped(self) -> int:
