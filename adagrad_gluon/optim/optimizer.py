@@ -338,19 +338,14 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The whole update of one call (equally long lists): checks, policy, rates, lazy
         decay, then one call of the chosen path."""
         options = self.options
-        slot, key = _call_key(index, weight, grad, state, rowwise=options.rowwise)
-        known = self._checked_calls.get(slot)
-        if known is not None and known[0] == key:  # checked dense weights: none row_sparse
-            checked = known[1]
-        elif any(map(is_row_sparse, weight)):
+        checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
+        if checked is None:  # a kvstore's row_sparse weights among them: each updated apart
             for args in zip(index, weight, grad, state, strict=True):
                 if is_row_sparse(args[1]):
                     update_kvstore_row_sparse(self, *args)
                 else:
                     self.update_multi_precision(*args)
             return
-        else:
-            checked = self._checked_call(index, weight, grad, state, rowwise=options.rowwise)
         wds = _each(flush_subnormal, self._get_wds(index))
         _check_no_decay(self.compat, max(wds))  # wd may have been set since __init__
         if self.nonfinite != "propagate":
@@ -400,26 +395,28 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
         return None if update is None else _PreparedKey(weight, grad, state, options, update)
 
-    def _checked_call(self, indices, weights, grads, states, **check_options) -> list:
+    def _checked_call(self, indices, weights, grads, states, **check_options) -> list | None:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
-        update call. A list call that hands the very objects of an earlier one, with the same
-        options (``gluon.Trainer`` and its updater do, every step), gets that call's result
-        back without a check per parameter, unless a gradient is row_sparse (its rows are
-        checked every time). The cache holds the objects it was keyed on, so their ids stay
-        theirs."""
-        if len(indices) == 1:  # a parameter server's per-key call: nothing to gain here
-            checked = [checked_arrays(self._checked, indices[0], weights[0], grads[0],
-                                      states[0], self._name, **check_options)]
-            self._check_rows_on_host(indices, checked)
-            return checked
-        slot, key = _call_key(indices, weights, grads, states, **check_options)
-        known = self._checked_calls.get(slot)
-        if known is not None and known[0] == key:
-            return known[1]
+        update call, or None if a weight is the row_sparse one a kvstore keeps (the caller
+        updates those apart). A list call that hands the very objects of an earlier one, with
+        the same options (``gluon.Trainer`` and its updater do, every step), gets that call's
+        result back without a check per parameter (its weights were checked dense), unless a
+        gradient is row_sparse (its rows change every step). The cache holds the objects it
+        was keyed on, so their ids stay theirs."""
+        cached = len(indices) > 1  # a parameter server's per-key call: nothing to gain here
+        if cached:
+            key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
+                   tuple(sorted(check_options.items())))
+            slot = (key[0], weights[0].context)  # a Trainer's updater per context calls in turn
+            known = self._checked_calls.get(slot)
+            if known is not None and known[0] == key:
+                return known[1]
+        if any(map(is_row_sparse, weights)):
+            return None
         checked = [checked_arrays(self._checked, *args, self._name, **check_options)
                    for args in zip(indices, weights, grads, states, strict=True)]
         self._check_rows_on_host(indices, checked)
-        if not any(c.row_sparse for c in checked) \
+        if cached and not any(c.row_sparse for c in checked) \
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
             if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
                 self._checked_calls.clear()
@@ -506,14 +503,6 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """The parameter's name for messages (from ``gluon.Trainer`` if it gave them)."""
         param = self.param_dict.get(index)
         return repr(param.name if param is not None else self.idx2name.get(index, index))
-
-
-def _call_key(indices, weights, grads, states, **check_options) -> tuple:
-    """``(slot, key)`` of a list call in ``_checked_calls``: a Trainer's updater per context
-    calls in turn (the slot), with the very objects of its last call (the key)."""
-    key = (tuple(indices), *(tuple(map(id, seq)) for seq in (weights, grads, states)),
-           tuple(sorted(check_options.items())))
-    return (key[0], weights[0].context), key
 
 
 def _own_gradient(param, grad: nd.NDArray) -> bool:
