@@ -63,8 +63,14 @@ import numpy as np  # noqa: E402
 from mxnet import nd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_update import _usable_cpus, compile_library, kernel_threads, measure  # noqa: E402
-from readme_tables import README, markdown_table, provenance, write_section  # noqa: E402
+from bench_update import (  # noqa: E402
+    _usable_cpus,
+    compile_library,
+    kernel_threads,
+    measure,
+    timing_arguments,
+)
+from readme_tables import markdown_table, provenance, write_section  # noqa: E402
 
 import adagrad_gluon  # noqa: E402, F401  (registers adagrad_scratch)
 from adagrad_gluon.optim import kernels  # noqa: E402
@@ -290,8 +296,7 @@ def bytes_per_row(kind: str, width: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     raw_argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser = timing_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=positive_int, default=10_000,
                         help="unique rows per step")
     parser.add_argument("--width", type=positive_int, default=64)
@@ -299,13 +304,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows of the table")
     parser.add_argument("--batches", type=positive_int, default=8, help="row sets cycled through")
     parser.add_argument("--alpha", type=positive_float, default=1.05, help="power-law exponent")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="OpenMP threads of the fused kernels, the bounds, torch and fbgemm; "
-                             "default: kernels.num_threads()")
-    parser.add_argument("--seconds", type=positive_float, default=0.15,
-                        help="target duration of one repeat of one method")
-    parser.add_argument("--readme", nargs="?", const=README, type=Path,
-                        help="write the table into this README (default: the repository's)")
     args = parser.parse_args(argv)
     if args.rows > args.table:
         parser.error(f"--rows {args.rows} exceeds --table {args.table}")

@@ -283,16 +283,17 @@ def _seconds_per_step(step: Step, n: int) -> float:
     return elapsed / n
 
 
-def timing_arguments(description: str, cases: dict) -> argparse.ArgumentParser:
+def timing_arguments(description: str, cases: dict | None = None) -> argparse.ArgumentParser:
     """A parser with the flags every update benchmark takes: --repeats, --cases (names of
-    ``cases``), --threads, --seconds and --readme."""
+    ``cases``, if given), --threads, --seconds and --readme."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=positive_int, default=7)
-    parser.add_argument("--cases", default=",".join(cases),
-                        help=f"comma-separated, from {', '.join(cases)}")
+    if cases:
+        parser.add_argument("--cases", default=",".join(cases),
+                            help=f"comma-separated, from {', '.join(cases)}")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="OpenMP threads of the fused kernels (and of torch); "
-                             "default: kernels.num_threads()")
+                        help="OpenMP threads of the fused kernels (and of the bounds and the "
+                             "other frameworks' CPU kernels); default: kernels.num_threads()")
     parser.add_argument("--seconds", type=positive_float, default=0.15,
                         help="target duration of one repeat of one method")
     parser.add_argument("--readme", nargs="?", const=README, type=Path,
