@@ -131,11 +131,26 @@ def test_a_step_after_a_full_backward_and_no_second_one_is_stale():
         trainer.step(16)
 
 
-def test_a_member_whose_arrays_were_replaced_is_refused():
+def _replace_data_alone(param: gluon.Parameter) -> None:
+    """A new data array whose gradient is still the flat buffer's view (by hand: MXNet
+    replaces both together)."""
+    param._data = [param.data().copy()]
+    autograd.mark_variables(param._data, param._grad, param.grad_req)
+
+
+@pytest.mark.parametrize("replace", [
+    lambda p: p.initialize(mx.init.One(), force_reinit=True),
+    lambda p: p.reset_ctx(mx.cpu(0)),
+    lambda p: setattr(p, "grad_req", "add"),  # a new gradient array, the same data array
+    _replace_data_alone,
+], ids=["force_reinit", "reset_ctx", "grad_req", "data alone"])
+def test_a_member_whose_arrays_were_replaced_is_refused(replace):
     net, x, y = _net()
     trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
                             "adagrad_scratch", OPTIONS)
-    net[1].bias.initialize(mx.init.One(), force_reinit=True)
+    _backward(net, x, y)
+    trainer.step(16)
+    replace(net[1].bias)
     _backward(net, x, y)
     with pytest.raises(ValueError, match=f"{net[1].bias.name}.*no longer use the flat buffers"):
         trainer.step(16)
@@ -228,4 +243,51 @@ def test_changing_lr_mult_after_flattening_is_refused():
     net[1].weight.lr_mult = 2.0
     _backward(net, x, y)
     with pytest.raises(ValueError, match=f"{net[1].weight.name}.*changed lr_mult or wd_mult"):
+        trainer.step(16)
+
+
+def test_changing_wd_mult_after_flattening_is_refused():
+    net, x, y = _net()
+    trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
+                            "adagrad_scratch", OPTIONS)
+    net[0].bias.wd_mult = 0.0
+    _backward(net, x, y)
+    with pytest.raises(ValueError, match=f"{net[0].bias.name}.*changed lr_mult or wd_mult"):
+        trainer.step(16)
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["library loops", "one call each"])
+def test_grad_states_read_and_set_every_array_as_the_c_api_does(monkeypatch, loaded):
+    from adagrad_gluon.optim import _gluon, kernels
+    kernels.load()
+    if not loaded:
+        monkeypatch.setattr(kernels, "grad_state_loops", lambda: None)
+    arrays = [nd.zeros((3,)) for _ in range(5)]
+    for array in arrays:
+        array.attach_grad()
+    _gluon.set_fresh_gradients(arrays[1::2], True)
+    states = _gluon.GradStates(arrays)
+    np.testing.assert_array_equal(states.fresh(), [False, True, False, True, False])
+    states.mark(True)
+    assert _gluon.fresh_gradients(arrays) == [True] * 5
+    states.mark(False)
+    assert _gluon.fresh_gradients(arrays) == [False] * 5
+    np.testing.assert_array_equal(states.fresh(), [False] * 5)
+
+
+def test_the_flat_layout_without_the_kernel_library_trains_and_checks_the_same(monkeypatch):
+    from adagrad_gluon.optim import kernels
+    net, x, y = _net()
+    expected = _train(net, x, y, ag.flatten_parameters(net.collect_params()).params)
+    monkeypatch.setattr(kernels, "grad_state_loops", lambda: None)
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    got = _train(net, x, y, flat.params)
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(have, want)
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    with autograd.record():
+        loss = net[0](x).sum()
+    loss.backward()
+    with pytest.raises(ValueError, match=f"{net[1].weight.name}.*{net[1].bias.name}"):
         trainer.step(16)

@@ -322,13 +322,13 @@ def test_a_flat_step_reads_the_members_gradient_states_once(monkeypatch):
     flat = adagrad_gluon.flatten_parameters(net.collect_params())
     trainer = gluon.Trainer(flat.params, "adagrad_scratch", {"learning_rate": 0.1})
     reads = []
-    original = flat_module._gluon.fresh_gradients
-    monkeypatch.setattr(flat_module._gluon, "fresh_gradients",
-                        lambda arrays: reads.append(len(arrays)) or original(arrays))
+    original = flat_module._gluon.GradStates.fresh
+    monkeypatch.setattr(flat_module._gluon.GradStates, "fresh",
+                        lambda states: reads.append(len(states._arrays)) or original(states))
     for _ in range(3):
         _backward(net, x)
         trainer.step(16)
-    assert reads.count(len(flat.members)) == 3
+    assert reads == [len(flat.members)] * 3
 
 
 def test_a_flat_parameter_read_by_hand_between_backwards_still_refuses_a_partial_one():

@@ -43,6 +43,7 @@ __all__ = ["FlatParameters", "flatten_parameters"]
 _FLATTENED: weakref.WeakSet = weakref.WeakSet()
 _NAMES = itertools.count()  # the default names of flat parameters: flat0, flat1, ...
 _MULTS = operator.attrgetter("lr_mult", "wd_mult")
+_LR_MULT, _WD_MULT = operator.attrgetter("lr_mult"), operator.attrgetter("wd_mult")
 
 
 class FlatParameters:
@@ -55,6 +56,7 @@ class FlatParameters:
         self.flat = flat
         self.params = {flat.name: flat}
         self._weights = weights  # the members' weights: views of the flat parameter's
+        self._grad_states = _gluon.GradStates(weights)
         # the members' data lists and gradient lists, as install_arrays returned them
         self._data_lists, self._grad_lists = (list(x) for x in zip(*lists, strict=True))
         # the read that made the flat gradient fresh found it stale: the Trainer's next read is
@@ -76,28 +78,43 @@ class FlatParameters:
         made_fresh, self._made_fresh = self._made_fresh, False
         if made_fresh and _gluon.fresh_gradients([flat_weight])[0]:
             return
-        mults = _MULTS(self.flat)
-        if any(map(mults.__ne__, map(_MULTS, self.members))):  # one pass in C
-            changed = [m.name for m in self.members if _MULTS(m) != mults]
-            raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult after "
-                             f"flattening (the flat parameter has one of each); flatten again")
+        self._check_mults()
+        fresh = self._grad_states.fresh()
+        # MXNet gives a parameter a new gradient whenever it replaces its data (cast,
+        # reset_ctx, initialize(force_reinit=True)) or its grad_req; a data array replaced
+        # alone (by hand) leaves the member's view stale, as does a backward skipping it
+        if not fresh.all() or _gluon.gradients_replaced(self.members, self._grad_lists):
+            self._check_replaced()
+        if fresh.all():
+            self._made_fresh = not _gluon.fresh_gradients([flat_weight])[0]
+            self._grad_states.mark(False)
+            _gluon.set_fresh_gradients([flat_weight], True)
+        elif fresh.any():
+            stale = [m.name for m, f in zip(self.members, fresh, strict=True) if not f]
+            raise ValueError(
+                f"the flat parameter {self.flat.name!r} steps all its parameters together, but "
+                f"backward has not written the gradients of {_names(stale)} since the last "
+                f"step (ignore_stale_grad cannot skip part of a flat parameter)")
+
+    def _check_mults(self) -> None:
+        """Refuse members whose ``lr_mult`` or ``wd_mult`` differs from the flat parameter's
+        (two passes in C)."""
+        for getter in (_LR_MULT, _WD_MULT):
+            if not all(map(operator.eq, map(getter, self.members),
+                           itertools.repeat(getter(self.flat)))):
+                changed = [m.name for m in self.members if _MULTS(m) != _MULTS(self.flat)]
+                raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult "
+                                 f"after flattening (the flat parameter has one of each); "
+                                 f"flatten again")
+
+    def _check_replaced(self) -> None:
+        """Refuse members whose data or gradient arrays are no longer the flat buffers'."""
         replaced = _gluon.replaced_arrays(self.members, self._data_lists, self._grad_lists)
         if any(replaced):
             replaced = [m.name for m, r in zip(self.members, replaced, strict=True) if r]
             raise ValueError(f"parameters {_names(replaced)} no longer use the flat buffers "
                              f"(their arrays were replaced: cast, reset_ctx, initialize("
                              f"force_reinit=True) or a new grad_req?); flatten again")
-        fresh = _gluon.fresh_gradients(self._weights)
-        if all(fresh):
-            self._made_fresh = not _gluon.fresh_gradients([flat_weight])[0]
-            _gluon.set_fresh_gradients(self._weights, False)
-            _gluon.set_fresh_gradients([flat_weight], True)
-        elif any(fresh):
-            stale = [m.name for m, f in zip(self.members, fresh, strict=True) if not f]
-            raise ValueError(
-                f"the flat parameter {self.flat.name!r} steps all its parameters together, but "
-                f"backward has not written the gradients of {_names(stale)} since the last "
-                f"step (ignore_stale_grad cannot skip part of a flat parameter)")
 
 
 def _names(names: list[str], limit: int = 5) -> str:

@@ -92,6 +92,7 @@ class _Library:
         self.warned = False
         self.handle: ctypes.CDLL | None = None
         self.ops: dict[str, Operator] = {}
+        self.grad_state_loops: GradStateLoops | None = None
 
 
 _library = _Library()
@@ -167,9 +168,30 @@ def load() -> Path:
             _library.error = exc
             raise
         _library.ops = {name: Operator(name) for name in _OPS}
+        _library.grad_state_loops = GradStateLoops(_library.handle)
         _library.path = path
         _set_threads(threads)
         return path
+
+
+class GradStateLoops:
+    """The library's loops over the gradient states of many arrays (``get(get_state, arrays,
+    n, states)``, ``set(set_state, arrays, n, state)``: the C API's ``MXNDArrayGetGradState`` /
+    ``MXNDArraySetGradState`` called for each of ``n`` array handles; 0, or -1 on failure)."""
+
+    def __init__(self, handle: ctypes.CDLL) -> None:
+        self.get = handle.adagrad_gluon_get_grad_states
+        self.set = handle.adagrad_gluon_set_grad_states
+        pointer = ctypes.c_void_p
+        self.get.argtypes = [pointer, pointer, ctypes.c_int64, pointer]
+        self.set.argtypes = [pointer, pointer, ctypes.c_int64, ctypes.c_int]
+        self.get.restype = self.set.restype = ctypes.c_int
+
+
+def grad_state_loops() -> GradStateLoops | None:
+    """The loops of :class:`GradStateLoops` if the library is loaded, else None (they are
+    not worth a build of their own)."""
+    return _library.grad_state_loops
 
 
 def _op(name: str) -> Operator:
