@@ -104,6 +104,33 @@ def test_server_update_of_a_shard_touches_the_gradients_rows_only():
     assert updater.optimizer._index_update_count[0] == 3
 
 
+@pytest.mark.parametrize("options", [{}, {"kernel": "reference"}, {"state_bits": 8},
+                                     {"host_row_check": True}])
+def test_server_update_copies_the_gradients_rows_to_the_host_once(monkeypatch, options):
+    """The pushed rows are checked on the host; the gathered rows numbered 0..n-1 are not
+    checked again (a second host sync per server step)."""
+    from adagrad_gluon.optim import checks
+    from adagrad_gluon.optim import optimizer as optimizer_module
+    calls = []
+    original = checks.check_rows
+
+    def counting(name, grad, weight):
+        calls.append(grad.indices.asnumpy().tolist())
+        return original(name, grad, weight)
+
+    monkeypatch.setattr(checks, "check_rows", counting)
+    monkeypatch.setattr(optimizer_module, "check_rows", counting)
+    start = np.ones((ROWS, DIM), np.float32)
+    weight = shard(start)
+    optimizer = AdagradScratch(learning_rate=0.1, **options)
+    updater = mx.optimizer.get_updater(optimizer)
+    updater(0, row_sparse(np.ones((2, DIM)), [4, 9]), weight)
+    assert calls == [[4, 9]]
+    assert optimizer._rows_known_good is None
+    moved = np.flatnonzero((weight.asnumpy() != start).any(axis=1))
+    np.testing.assert_array_equal(moved, [4, 9])
+
+
 @pytest.mark.parametrize("make_grad, options, error, match", [
     (lambda: row_sparse(np.ones((2, DIM)), [5, 2]), {}, ValueError, "strictly increasing"),
     (lambda: row_sparse(np.ones((1, DIM)), [ROWS]), {}, ValueError, r"in \[0, 50\)"),

@@ -224,6 +224,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
+        self._rows_known_good = None  # see update_known_rows
 
     @property
     def options(self) -> AdagradOptions:
@@ -432,6 +433,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
     def _rows_need_host_check(self, index, arrays) -> bool:
         """Whether a row_sparse gradient's rows are checked on the host (see
         ``host_row_check``); ``arrays``: the parameter's :class:`~.checks.Checked`."""
+        if arrays.grad is self._rows_known_good:
+            return False
         if self.host_row_check or not self._kernel_checks_rows(arrays) \
                 or self._get_wd(index) != 0 \
                 or (index, arrays.weight.context.device_id) in self._row_decay:
@@ -439,6 +442,16 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         if self.host_row_check is None:
             return not _own_gradient(self.param_dict.get(index), arrays.grad)
         return False
+
+    def update_known_rows(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
+        """``update_multi_precision`` of a row_sparse ``grad`` whose rows are known to be
+        strictly increasing and in range (a kvstore's gathered rows, numbered 0 to n - 1 by
+        :mod:`.sparse_weights`): they are not copied to the host again."""
+        self._rows_known_good = grad
+        try:
+            self.update_multi_precision(index, weight, grad, state)
+        finally:
+            self._rows_known_good = None
 
     def _kernel_checks_rows(self, arrays) -> bool:
         """Whether these arrays' update is the fused row_sparse operator, which checks the rows
@@ -478,7 +491,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
         for name in ("_steps", "_options", "_option_values", "_checked_calls",
-                     "_prepared_keys"):
+                     "_prepared_keys", "_rows_known_good"):
             state.pop(name, None)
         return state
 
@@ -495,6 +508,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._checked_calls = {}
         self._prepared_keys = {}
         self._step_updated = set()
+        self._rows_known_good = None
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         vars(self).setdefault("host_row_check", None)  # pickled before it existed
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))

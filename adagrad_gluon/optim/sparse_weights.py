@@ -42,7 +42,7 @@ def update_kvstore_row_sparse(optimizer, index: int, weight: nd.NDArray, grad: n
     count = rows.shape[0]
     local = nd.sparse.row_sparse_array((grad.data, nd.arange(count, dtype=rows.dtype)),
                                        shape=rows_weight.shape)
-    optimizer.update_multi_precision(index, rows_weight, local, rows_acc)
+    optimizer.update_known_rows(index, rows_weight, local, rows_acc)  # rows checked above
     acc[rows] = rows_acc
     set_rows(weight, rows, rows_weight)
 
