@@ -479,3 +479,19 @@ def test_per_key_calls_of_an_8bit_state_are_bit_identical_to_the_reference():
             opt.update_multi_precision(0, weight, grad, state)
         results.append(weight.asnumpy())
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("shape", [(1,), (10,), (256,), (257,), (3, 300)])
+def test_dense_dequantizes_on_the_device_as_the_reference_does(monkeypatch, shape):
+    """The nonfinite probe's view of an 8-bit accumulator: the values ``dequantize`` gives
+    (a block with an infinite scale is NaN), computed without a copy to the host."""
+    rng = np.random.default_rng(0)
+    values = (rng.random(shape).astype(np.float32) * 10) ** 3
+    if values.size > 3:
+        values.reshape(-1)[2] = np.inf
+    codes, scales = q.quantize(values)
+    acc = q.QuantizedAcc(nd.array(codes, dtype=np.uint8), nd.array(scales))
+    monkeypatch.setattr(q.QuantizedAcc, "asnumpy", lambda self: pytest.fail("host copy"))
+    got = q.dense(acc)
+    assert got.shape == shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got.asnumpy(), q.dequantize(codes, scales))

@@ -224,10 +224,17 @@ def host_copy(acc):
 
 
 def dense(acc) -> nd.NDArray:
-    """The accumulator as an NDArray of its values (dequantized if 8-bit)."""
-    if isinstance(acc, QuantizedAcc):
-        return nd.array(acc.asnumpy(), ctx=acc.codes.context, dtype=np.float32)
-    return acc
+    """The accumulator as an NDArray of its values: an 8-bit one dequantized as
+    :func:`dequantize` does, on its device (no copy to the host)."""
+    if not isinstance(acc, QuantizedAcc):
+        return acc
+    ctx = acc.codes.context
+    if acc.codes.size == 0:  # MXNet 1.x makes no empty array by its operators
+        return nd.array(acc.asnumpy(), ctx=ctx, dtype=np.float32)
+    codes = acc.codes.reshape((-1,))
+    values = nd.take(nd.array(TABLE, ctx=ctx, dtype=np.float32), codes.astype(np.int32))
+    scales = nd.repeat(acc.scales, BLOCK)[:codes.size]
+    return (values * scales).reshape(acc.shape)
 
 
 # -- the update ------------------------------------------------------------------------------
