@@ -236,23 +236,16 @@ def test_two_groups_get_names_of_their_own_and_share_a_trainer():
     gluon.Trainer(params, "adagrad_scratch", OPTIONS)
 
 
-def test_changing_lr_mult_after_flattening_is_refused():
+@pytest.mark.parametrize("layer, name, attribute, value", [
+    (1, "weight", "lr_mult", 2.0), (0, "bias", "wd_mult", 0.0)])
+def test_changing_lr_mult_or_wd_mult_after_flattening_is_refused(layer, name, attribute, value):
     net, x, y = _net()
     trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
                             "adagrad_scratch", OPTIONS)
-    net[1].weight.lr_mult = 2.0
+    param = getattr(net[layer], name)
+    setattr(param, attribute, value)
     _backward(net, x, y)
-    with pytest.raises(ValueError, match=f"{net[1].weight.name}.*changed lr_mult or wd_mult"):
-        trainer.step(16)
-
-
-def test_changing_wd_mult_after_flattening_is_refused():
-    net, x, y = _net()
-    trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
-                            "adagrad_scratch", OPTIONS)
-    net[0].bias.wd_mult = 0.0
-    _backward(net, x, y)
-    with pytest.raises(ValueError, match=f"{net[0].bias.name}.*changed lr_mult or wd_mult"):
+    with pytest.raises(ValueError, match=f"{param.name}.*changed lr_mult or wd_mult"):
         trainer.step(16)
 
 
