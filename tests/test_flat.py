@@ -131,11 +131,15 @@ def test_a_step_after_a_full_backward_and_no_second_one_is_stale():
         trainer.step(16)
 
 
-def _replace_data_alone(param: gluon.Parameter) -> None:
+def _replace_data_alone(param: gluon.Parameter, unseen: bool = False) -> None:
     """A new data array whose gradient is still the flat buffer's view (by hand: MXNet
-    replaces both together)."""
-    param._data = [param.data().copy()]
-    autograd.mark_variables(param._data, param._grad, param.grad_req)
+    replaces both together); ``unseen``: past the parameter's ``__setattr__``."""
+    data = [param.data().copy()]
+    if unseen:
+        vars(param)["_data"] = data
+    else:
+        param._data = data
+    autograd.mark_variables(data, param._grad, param.grad_req)
 
 
 @pytest.mark.parametrize("replace", [
@@ -143,7 +147,8 @@ def _replace_data_alone(param: gluon.Parameter) -> None:
     lambda p: p.reset_ctx(mx.cpu(0)),
     lambda p: setattr(p, "grad_req", "add"),  # a new gradient array, the same data array
     _replace_data_alone,
-], ids=["force_reinit", "reset_ctx", "grad_req", "data alone"])
+    lambda p: _replace_data_alone(p, unseen=True),
+], ids=["force_reinit", "reset_ctx", "grad_req", "data alone", "data alone, unseen"])
 def test_a_member_whose_arrays_were_replaced_is_refused(replace):
     net, x, y = _net()
     trainer = gluon.Trainer(ag.flatten_parameters(net.collect_params()).params,
@@ -284,3 +289,67 @@ def test_the_flat_layout_without_the_kernel_library_trains_and_checks_the_same(m
     loss.backward()
     with pytest.raises(ValueError, match=f"{net[1].weight.name}.*{net[1].bias.name}"):
         trainer.step(16)
+
+
+def test_a_steady_flat_step_checks_its_members_again_only_after_a_change(monkeypatch):
+    """The per-member checks (mults, replaced arrays) run in the first step and after a
+    member's arrays or mults were assigned, not in every step."""
+    from adagrad_gluon.optim import _gluon
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    checks = []
+    original = _gluon.replaced_arrays
+    monkeypatch.setattr(_gluon, "replaced_arrays",
+                        lambda *args: checks.append(1) or original(*args))
+    for step in range(5):
+        if step == 3:
+            net[0].weight.lr_mult = 1.0  # assigned, unchanged: checked and accepted
+        _backward(net, x, y)
+        trainer.step(16)
+    assert len(checks) == 2
+    assert all(isinstance(m, gluon.Parameter) for m in flat.members)
+
+
+class _OwnParameter(gluon.Parameter):
+    """A subclass of gluon.Parameter: its class is left alone, its checks run every step."""
+
+
+def test_members_of_a_parameter_subclass_are_checked_in_every_step():
+    params = [_OwnParameter(f"own{i}", shape=(3,)) for i in range(2)]
+    for param in params:
+        param.initialize(mx.init.One())
+    flat = ag.flatten_parameters(params)
+    assert all(type(p) is _OwnParameter for p in params)
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+
+    def step() -> None:
+        with autograd.record():
+            loss = (params[0].data() * params[1].data()).sum()
+        loss.backward()
+        trainer.step(1)
+
+    step()
+    assert not np.array_equal(params[0].data().asnumpy(), np.ones(3))  # it trained
+    params[1].wd_mult = 0.0
+    with pytest.raises(ValueError, match="own1.*changed lr_mult or wd_mult"):
+        step()
+    params[1].wd_mult = 1.0
+    vars(params[0])["_grad"] = [nd.zeros(3)]
+    with pytest.raises(ValueError, match="own0.*no longer use the flat buffers"):
+        step()
+
+
+def test_a_flattened_parameter_copies_and_pickles_as_a_parameter_without_its_watcher():
+    import copy
+    import pickle
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    member = net[0].weight
+    for other in (copy.deepcopy(member), pickle.loads(pickle.dumps(member))):
+        assert isinstance(other, gluon.Parameter) and other.name == member.name
+        np.testing.assert_array_equal(other.data().asnumpy(), member.data().asnumpy())
+        other.lr_mult = 3.0  # not a member of the flat parameter
+    _backward(net, x, y)
+    trainer.step(16)  # no refusal

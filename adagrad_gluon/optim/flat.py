@@ -22,6 +22,12 @@ step after a backward through only some of them raises ``ValueError`` naming the
 Trainer would skip or refuse a stale parameter; a flat one cannot skip part of itself), and a
 member whose arrays were replaced (``cast``, ``reset_ctx``, ``initialize(force_reinit=True)``,
 a new ``grad_req``) raises ``ValueError`` instead of silently training a copy.
+
+Those checks cost one C call for all the members' gradient states per step; the members'
+arrays and mults are compared only after one of them was assigned: flattening makes each
+plain ``gluon.Parameter`` a :class:`~adagrad_gluon.optim._gluon.WatchedParameter` (a subclass
+that reports such assignments; its behaviour is otherwise unchanged), while members of other
+``Parameter`` subclasses keep their class and are compared in every step.
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ __all__ = ["FlatParameters", "flatten_parameters"]
 _FLATTENED: weakref.WeakSet = weakref.WeakSet()
 _NAMES = itertools.count()  # the default names of flat parameters: flat0, flat1, ...
 _MULTS = operator.attrgetter("lr_mult", "wd_mult")
-_LR_MULT, _WD_MULT = operator.attrgetter("lr_mult"), operator.attrgetter("wd_mult")
 
 
 class FlatParameters:
@@ -57,6 +62,10 @@ class FlatParameters:
         self.params = {flat.name: flat}
         self._weights = weights  # the members' weights: views of the flat parameter's
         self._grad_states = _gluon.GradStates(weights)
+        # members that tell of their changes (_gluon.watch_changes) are checked after one
+        # only; a subclass of gluon.Parameter in every step
+        self._watched = all([_gluon.watch_changes(m, self._note_change) for m in members])
+        self._changed = True  # the first step checks every member
         # the members' data lists and gradient lists, as install_arrays returned them
         self._data_lists, self._grad_lists = (list(x) for x in zip(*lists, strict=True))
         # the read that made the flat gradient fresh found it stale: the Trainer's next read is
@@ -78,13 +87,12 @@ class FlatParameters:
         made_fresh, self._made_fresh = self._made_fresh, False
         if made_fresh and _gluon.fresh_gradients([flat_weight])[0]:
             return
-        self._check_mults()
         fresh = self._grad_states.fresh()
-        # MXNet gives a parameter a new gradient whenever it replaces its data (cast,
-        # reset_ctx, initialize(force_reinit=True)) or its grad_req; a data array replaced
-        # alone (by hand) leaves the member's view stale, as does a backward skipping it
-        if not fresh.all() or _gluon.gradients_replaced(self.members, self._grad_lists):
+        # a member's data array replaced without the watcher's knowing leaves its view stale
+        if self._changed or not self._watched or not fresh.all():
+            self._check_mults()
             self._check_replaced()
+            self._changed = False
         if fresh.all():
             self._made_fresh = not _gluon.fresh_gradients([flat_weight])[0]
             self._grad_states.mark(False)
@@ -96,16 +104,17 @@ class FlatParameters:
                 f"backward has not written the gradients of {_names(stale)} since the last "
                 f"step (ignore_stale_grad cannot skip part of a flat parameter)")
 
+    def _note_change(self) -> None:
+        """A member's arrays were replaced or its ``lr_mult``/``wd_mult`` set."""
+        self._changed = True
+
     def _check_mults(self) -> None:
-        """Refuse members whose ``lr_mult`` or ``wd_mult`` differs from the flat parameter's
-        (two passes in C)."""
-        for getter in (_LR_MULT, _WD_MULT):
-            if not all(map(operator.eq, map(getter, self.members),
-                           itertools.repeat(getter(self.flat)))):
-                changed = [m.name for m in self.members if _MULTS(m) != _MULTS(self.flat)]
-                raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult "
-                                 f"after flattening (the flat parameter has one of each); "
-                                 f"flatten again")
+        """Refuse members whose ``lr_mult`` or ``wd_mult`` differs from the flat parameter's."""
+        mults = _MULTS(self.flat)
+        if any(map(mults.__ne__, map(_MULTS, self.members))):  # one pass in C
+            changed = [m.name for m in self.members if _MULTS(m) != mults]
+            raise ValueError(f"parameters {_names(changed)} changed lr_mult or wd_mult after "
+                             f"flattening (the flat parameter has one of each); flatten again")
 
     def _check_replaced(self) -> None:
         """Refuse members whose data or gradient arrays are no longer the flat buffers'."""
