@@ -340,16 +340,58 @@ def test_members_of_a_parameter_subclass_are_checked_in_every_step():
         step()
 
 
-def test_a_flattened_parameter_copies_and_pickles_as_a_parameter_without_its_watcher():
+def test_a_flattened_parameter_copies_and_pickles_as_a_plain_parameter_without_a_watcher():
     import copy
     import pickle
     net, x, y = _net()
     flat = ag.flatten_parameters(net.collect_params())
     trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    _backward(net, x, y)
+    trainer.step(16)
     member = net[0].weight
-    for other in (copy.deepcopy(member), pickle.loads(pickle.dumps(member))):
-        assert isinstance(other, gluon.Parameter) and other.name == member.name
+    copies = [copy.deepcopy(member), copy.copy(member)]
+    copies += [pickle.loads(pickle.dumps(member, protocol)) for protocol in range(6)]
+    for other in copies:
+        assert type(other) is gluon.Parameter and other.name == member.name
         np.testing.assert_array_equal(other.data().asnumpy(), member.data().asnumpy())
         other.lr_mult = 3.0  # not a member of the flat parameter
+    assert b"adagrad_gluon" not in pickle.dumps(member)
+    assert flat._changed is False
     _backward(net, x, y)
     trainer.step(16)  # no refusal
+
+
+@pytest.mark.parametrize("attribute, value", [("lr_mult", 2.0), ("wd_mult", 0.0)])
+def test_changing_the_flat_parameters_own_mults_is_refused(attribute, value):
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    _backward(net, x, y)
+    trainer.step(16)
+    setattr(flat.flat, attribute, value)
+    _backward(net, x, y)
+    with pytest.raises(ValueError, match="changed lr_mult or wd_mult"):
+        trainer.step(16)
+    net.collect_params().setattr(attribute, value)  # every member too: accepted
+    trainer.step(16)
+
+
+def test_a_change_made_while_the_members_are_checked_is_checked_next_step(monkeypatch):
+    """An assignment landing between the checks and the end of _check_members (another
+    thread) is not lost."""
+    net, x, y = _net()
+    flat = ag.flatten_parameters(net.collect_params())
+    trainer = gluon.Trainer(flat.params, "adagrad_scratch", OPTIONS)
+    original = ag.FlatParameters._check_replaced
+
+    def check_then_assign(self) -> None:
+        original(self)
+        net[0].weight.lr_mult = 5.0
+
+    monkeypatch.setattr(ag.FlatParameters, "_check_replaced", check_then_assign)
+    _backward(net, x, y)
+    trainer.step(16)  # checked before the assignment
+    monkeypatch.setattr(ag.FlatParameters, "_check_replaced", original)
+    _backward(net, x, y)
+    with pytest.raises(ValueError, match=f"{net[0].weight.name}.*changed lr_mult"):
+        trainer.step(16)

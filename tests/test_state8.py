@@ -482,7 +482,7 @@ def test_per_key_calls_of_an_8bit_state_are_bit_identical_to_the_reference():
         np.testing.assert_array_equal(fused, reference)
 
 
-@pytest.mark.parametrize("shape", [(1,), (10,), (256,), (257,), (3, 300)])
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (1,), (10,), (256,), (257,), (3, 300)])
 def test_dense_dequantizes_on_the_device_as_the_reference_does(monkeypatch, shape):
     """The nonfinite probe's view of an 8-bit accumulator: the values ``dequantize`` gives
     (a block with an infinite scale is NaN), computed without a copy to the host."""
@@ -492,7 +492,9 @@ def test_dense_dequantizes_on_the_device_as_the_reference_does(monkeypatch, shap
         values.reshape(-1)[2] = np.inf
     codes, scales = q.quantize(values)
     acc = q.QuantizedAcc(nd.array(codes, dtype=np.uint8), nd.array(scales))
-    monkeypatch.setattr(q.QuantizedAcc, "asnumpy", lambda self: pytest.fail("host copy"))
+    if values.size:
+        monkeypatch.setattr(q.QuantizedAcc, "asnumpy", lambda self: pytest.fail("host copy"))
     got = q.dense(acc)
     assert got.shape == shape and got.dtype == np.float32
-    np.testing.assert_array_equal(got.asnumpy(), q.dequantize(codes, scales))
+    np.testing.assert_array_equal(got.asnumpy().view(np.uint32),
+                                  q.dequantize(codes, scales).view(np.uint32))

@@ -288,7 +288,13 @@ class WatchedParameter(gluon.Parameter):
     watcher whenever its arrays are replaced or its ``lr_mult``/``wd_mult`` set. (MXNet
     replaces a parameter's arrays by assigning it new lists: ``cast``, ``reset_ctx``,
     ``initialize(force_reinit=True)``, a new ``grad_req``.) Otherwise a plain Parameter; a
-    copy or an unpickled one has no watcher."""
+    copy or a pickle of one is a plain ``gluon.Parameter``."""
+
+    def __reduce_ex__(self, protocol):
+        # protocol 1's reduction (copyreg's reconstructor) may name another class; any
+        # protocol can store it
+        function, arguments, *rest = super().__reduce_ex__(1)
+        return (function, (gluon.Parameter, *arguments[1:]), *rest)
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)

@@ -23,11 +23,15 @@ Trainer would skip or refuse a stale parameter; a flat one cannot skip part of i
 member whose arrays were replaced (``cast``, ``reset_ctx``, ``initialize(force_reinit=True)``,
 a new ``grad_req``) raises ``ValueError`` instead of silently training a copy.
 
-Those checks cost one C call for all the members' gradient states per step; the members'
-arrays and mults are compared only after one of them was assigned: flattening makes each
-plain ``gluon.Parameter`` a :class:`~adagrad_gluon.optim._gluon.WatchedParameter` (a subclass
-that reports such assignments; its behaviour is otherwise unchanged), while members of other
-``Parameter`` subclasses keep their class and are compared in every step.
+Those checks cost one C call for all the members' gradient states per step (one MXNet call
+per member while the kernel library is not loaded); the members' arrays and mults are compared
+only after one of them was assigned, or the flat parameter's mults changed: flattening makes
+each plain ``gluon.Parameter`` a :class:`~adagrad_gluon.optim._gluon.WatchedParameter`, a
+subclass that reports such assignments (``type(member)`` is that subclass; copies and pickles
+are plain ``gluon.Parameter`` again). If a member is of another ``Parameter`` subclass, whose
+class is left alone, every step compares every member. An array written into a member's
+``vars()`` past ``__setattr__`` is not reported: a data array is still refused (its view
+goes stale), a gradient array is not.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class FlatParameters:
         # only; a subclass of gluon.Parameter in every step
         self._watched = all([_gluon.watch_changes(m, self._note_change) for m in members])
         self._changed = True  # the first step checks every member
+        self._flat_mults = _MULTS(flat)  # the flat parameter is not watched: compared per step
         # the members' data lists and gradient lists, as install_arrays returned them
         self._data_lists, self._grad_lists = (list(x) for x in zip(*lists, strict=True))
         # the read that made the flat gradient fresh found it stale: the Trainer's next read is
@@ -89,10 +94,16 @@ class FlatParameters:
             return
         fresh = self._grad_states.fresh()
         # a member's data array replaced without the watcher's knowing leaves its view stale
-        if self._changed or not self._watched or not fresh.all():
-            self._check_mults()
-            self._check_replaced()
-            self._changed = False
+        if self._changed or not self._watched or not fresh.all() \
+                or _MULTS(self.flat) != self._flat_mults:
+            self._changed = False  # before the checks: a change meanwhile is checked next time
+            try:
+                self._check_mults()
+                self._check_replaced()
+            except ValueError:
+                self._changed = True
+                raise
+            self._flat_mults = _MULTS(self.flat)
         if fresh.all():
             self._made_fresh = not _gluon.fresh_gradients([flat_weight])[0]
             self._grad_states.mark(False)
