@@ -1320,25 +1320,30 @@ struct StepLanes {
         wd(_mm512_set1_ps(c.wd)), one(_mm512_set1_ps(1.0f)),
         sign(_mm512_set1_epi32(static_cast<int32_t>(0x80000000u))), clip(c.clip),
         maximize(c.maximize), guard_zero(c.guard_zero) {}
+  // no clip, no maximize, eps > 0: the common options, whose loop runs none of their tests
+  bool plain() const { return !clip && !maximize && !guard_zero; }
 };
 
 // step<kDecay, kPlace> on 16 elements: the weights w[0..15] in place, their accumulator values
 // s in and out. Operation for operation as step, in its order (so the same bits); without
 // clip_gradient its bounds are infinite and the clip leaves every g (NaN too) as it is.
-template <Decay kDecay, Placement kPlace>
+template <Decay kDecay, Placement kPlace, bool kPlain>
 inline __m512 step16(float* w, const float* grad, __m512 s, const StepLanes& c) {
   __m512 g = _mm512_mul_ps(_mm512_loadu_ps(grad), c.rescale);
-  if (c.clip) {  // g > hi ? hi : (g < lo ? lo : g); max_ps(lo, g) is g < lo ? lo : g (NaN: g)
+  if (!kPlain && c.clip) {
+    // g > hi ? hi : (g < lo ? lo : g); max_ps(lo, g) is g < lo ? lo : g (a NaN g stays g)
     g = _mm512_mask_mov_ps(_mm512_max_ps(c.lo, g), _mm512_cmp_ps_mask(g, c.hi, _CMP_GT_OQ),
                            c.hi);
   }
-  if (c.maximize) g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), c.sign));
+  if (!kPlain && c.maximize) {
+    g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), c.sign));  // -g
+  }
   const __m512 old = _mm512_loadu_ps(w);
   if constexpr (kDecay == Decay::kL2) g = _mm512_add_ps(g, _mm512_mul_ps(old, c.wd));
   const __m512 acc = _mm512_add_ps(s, _mm512_mul_ps(g, g));
   __m512 denom = kPlace == Placement::kInside ? _mm512_sqrt_ps(_mm512_add_ps(acc, c.eps))
                                               : _mm512_add_ps(_mm512_sqrt_ps(acc), c.eps);
-  if (c.guard_zero) {
+  if (!kPlain && c.guard_zero) {
     const __mmask16 zero = _mm512_cmp_ps_mask(denom, _mm512_setzero_ps(), _CMP_EQ_OQ);
     denom = _mm512_add_ps(denom, _mm512_maskz_mov_ps(zero, c.one));
   }
@@ -1375,7 +1380,7 @@ struct Requantize {
 // pattern taken as they come; returns the block's requantization (its new scale is written).
 // The requantization of the block before, if any, runs interleaved with these steps, so that
 // its integer work overlaps their divisions and square roots.
-template <Decay kDecay, Placement kPlace>
+template <Decay kDecay, Placement kPlace, bool kPlain>
 inline Requantize step_block(const QuantJob& job, int64_t b, const StepLanes& c,
                              const CodeLookup& lookup, float* s, const Requantize* before) {
   constexpr int kVectors = kQuantBlock / 16;
@@ -1388,7 +1393,8 @@ inline Requantize step_block(const QuantJob& job, int64_t b, const StepLanes& c,
     __m512 values[4];
     dequantize64(lookup, codes + 16 * q, scale, values);
     for (int m = 0; m < 4; ++m) {
-      const __m512 acc = step16<kDecay, kPlace>(w + 16 * (q + m), g + 16 * (q + m), values[m], c);
+      const __m512 acc = step16<kDecay, kPlace, kPlain>(w + 16 * (q + m), g + 16 * (q + m),
+                                                        values[m], c);
       _mm512_store_ps(s + 16 * (q + m), acc);
       top = _mm512_max_epu32(top, _mm512_castps_si512(acc));  // as block_top
       if (before != nullptr && m % 2 == 1) before->pair(q + m - 1);
@@ -1402,17 +1408,31 @@ inline Requantize step_block(const QuantJob& job, int64_t b, const StepLanes& c,
 // Whole blocks [first, last) of a float32 weight without a master, by step_block: the
 // buffered pass's bits, with one store and one load of each value instead of four passes
 // over the buffer, and the requantization's integer work beside the divider's.
+// (flatten: every call in it inlined, which GCC's size limits would not all do by themselves)
+template <Decay kDecay, Placement kPlace, bool kPlain>
+[[gnu::flatten]] void step_blocks(const QuantJob& job, const StepLanes& lanes, int64_t first,
+                                  int64_t last) {
+  const CodeLookup lookup;
+  alignas(64) float s[2][kQuantBlock];
+  Requantize before = step_block<kDecay, kPlace, kPlain>(job, first, lanes, lookup, s[0],
+                                                         nullptr);
+  for (int64_t b = first + 1; b < last; ++b) {
+    before = step_block<kDecay, kPlace, kPlain>(job, b, lanes, lookup, s[(b - first) % 2],
+                                                &before);
+  }
+  for (int k = 0; k < kQuantBlock / 16; k += 2) before.pair(k);
+}
+
+// step_blocks with the options' scalars, the loop for plain options if they are.
 template <Decay kDecay, Placement kPlace>
 void fused_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
   const StepLanes lanes{Scalars<float>(options, {nullptr, nullptr, nullptr, nullptr, 0, job.lr,
                                                  job.wd})};
-  const CodeLookup lookup;
-  alignas(64) float s[2][kQuantBlock];
-  Requantize before = step_block<kDecay, kPlace>(job, first, lanes, lookup, s[0], nullptr);
-  for (int64_t b = first + 1; b < last; ++b) {
-    before = step_block<kDecay, kPlace>(job, b, lanes, lookup, s[(b - first) % 2], &before);
+  if (lanes.plain()) {
+    step_blocks<kDecay, kPlace, true>(job, lanes, first, last);
+  } else {
+    step_blocks<kDecay, kPlace, false>(job, lanes, first, last);
   }
-  for (int k = 0; k < kQuantBlock / 16; k += 2) before.pair(k);
 }
 #endif
 
