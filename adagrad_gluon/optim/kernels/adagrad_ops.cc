@@ -1035,7 +1035,8 @@ extern "C" int adagrad_gluon_num_threads(int n) {
 // (quantized.REGIMES): tapered 8-bit floats in regimes, from the top, of 6, 4 and 3 mantissa
 // bits, down to 2^-2, 2^-6 and code 1; code 255 is 1.0 and code 0 is 0. A code c of regime k
 // stands for the float32 whose bits are (c + base_k) << shift_k. Per block, in one pass over
-// memory through a buffer in the L1 cache:
+// memory through a buffer in the L1 cache (fused_blocks: in registers, the block's values
+// stored once):
 //   s = value(code) * scale; the float32 step above on s;
 //   scale = the s with the largest bit pattern (the largest value, as s >= 0; a NaN if any);
 //   r = (s * f) * (1 / (scale * f)), f = 2^64 if scale < 2^-64 (so 1 / (scale * f) is finite)
@@ -1137,6 +1138,36 @@ inline __m512i code_byte(const __m512i (&plane)[4], __m512i x, __mmask64 high) {
   return _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(plane[0], x, plane[1]),
                                 _mm512_permutex2var_epi8(plane[2], x, plane[3]));
 }
+
+// The code table in registers: its two planes and the gather order (see CodeBytes).
+struct CodeLookup {
+  __m512i planes[2][4];
+  __m512i order;
+  CodeLookup() {
+    const CodeBytes& table = code_bytes();
+    for (int p = 0; p < 2; ++p) {
+      for (int q = 0; q < 4; ++q) planes[p][q] = _mm512_load_si512(table.bytes[p] + 64 * q);
+    }
+    order = _mm512_load_si512(table.order);
+  }
+};
+
+// out[m] = value(codes[16 m + j]) * scale, j = 0..15, for 64 codes: ~6 instructions a vector.
+inline void dequantize64(const CodeLookup& lookup, const uint8_t* codes, __m512 scale,
+                         __m512 (&out)[4]) {
+  const __m512i x = _mm512_permutexvar_epi8(lookup.order, _mm512_loadu_si512(codes));
+  const __mmask64 high = _mm512_movepi8_mask(x);  // codes >= 128
+  const __m512i low_bytes = code_byte(lookup.planes[0], x, high);
+  const __m512i high_bytes = code_byte(lookup.planes[1], x, high);
+  const __m512i zero = _mm512_setzero_si512();
+  for (int h = 0; h < 2; ++h) {
+    const __m512i words = h == 0 ? _mm512_unpacklo_epi8(low_bytes, high_bytes)
+                                 : _mm512_unpackhi_epi8(low_bytes, high_bytes);
+    out[2 * h] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words)), scale);
+    out[2 * h + 1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words)),
+                                   scale);
+  }
+}
 #endif
 
 // s[i] = value(codes[i]) * scale for the n elements of a block. GCC vectorizes the portable
@@ -1146,26 +1177,12 @@ inline void dequantize(const uint8_t* __restrict codes, float scale, float* __re
                        int64_t n) {
   int64_t i = 0;
 #ifdef ADAGRAD_GLUON_Q8_VBMI
-  const CodeBytes& table = code_bytes();
-  __m512i planes[2][4];
-  for (int p = 0; p < 2; ++p) {
-    for (int q = 0; q < 4; ++q) planes[p][q] = _mm512_load_si512(table.bytes[p] + 64 * q);
-  }
-  const __m512i order = _mm512_load_si512(table.order), zero = _mm512_setzero_si512();
+  const CodeLookup lookup;
   const __m512 factor = _mm512_set1_ps(scale);
   for (; i + 64 <= n; i += 64) {
-    const __m512i x = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes + i));
-    const __mmask64 high = _mm512_movepi8_mask(x);  // codes >= 128
-    const __m512i low_bytes = code_byte(planes[0], x, high);
-    const __m512i high_bytes = code_byte(planes[1], x, high);
-    const __m512i words[2] = {_mm512_unpacklo_epi8(low_bytes, high_bytes),
-                              _mm512_unpackhi_epi8(low_bytes, high_bytes)};
-    for (int h = 0; h < 2; ++h) {
-      _mm512_storeu_ps(s + i + 32 * h, _mm512_mul_ps(
-          _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words[h])), factor));
-      _mm512_storeu_ps(s + i + 32 * h + 16, _mm512_mul_ps(
-          _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words[h])), factor));
-    }
+    __m512 values[4];
+    dequantize64(lookup, codes + i, factor, values);
+    for (int m = 0; m < 4; ++m) _mm512_storeu_ps(s + i + 16 * m, values[m]);
   }
 #endif
   for (; i < n; ++i) s[i] = float_of(code_bits(codes[i])) * scale;
@@ -1189,46 +1206,79 @@ inline uint8_t quant_code(float r) {
   return r > 0.0f ? static_cast<uint8_t>(std::min(std::max(c, 1), 255)) : 0;
 }
 
+// The ratio of a value s of a block whose scale is top: (s * factor) * inverse (see above).
+struct Ratio {
+  float factor, inverse;
+  explicit Ratio(float top)
+      : factor(top < 0x1p-64f ? 0x1p64f : 1.0f), inverse(1.0f / (top * factor)) {}
+  float of(float s) const { return (s * factor) * inverse; }
+};
+
+#ifdef ADAGRAD_GLUON_Q8_AVX512
+// The ratios of 16 values. The multiply by factor is left out where factor is 1 (all but the
+// blocks whose top is below 2^-64): x * 1 is x, and a NaN, whose bits it could quiet, gets
+// code 0 either way.
+struct RatioLanes {
+  __m512 factor, inverse;
+  bool scaled;
+  explicit RatioLanes(const Ratio& r)
+      : factor(_mm512_set1_ps(r.factor)), inverse(_mm512_set1_ps(r.inverse)),
+        scaled(r.factor != 1.0f) {}
+  __m512 of(__m512 s) const {
+    return _mm512_mul_ps(scaled ? _mm512_mul_ps(s, factor) : s, inverse);
+  }
+};
+
+// The indices of the high 16 bits of 2 x 16 floats, in order.
+struct HighHalves {
+  alignas(64) int16_t index[32];
+  constexpr HighHalves() : index{} {
+    for (int k = 0; k < 32; ++k) index[k] = static_cast<int16_t>(2 * k + 1);
+  }
+};
+constexpr HighHalves kHighHalves;
+
+// The codes of 32 ratios r0, r1 (as quant_code), from their high 16 bits (every regime's
+// shift is >= 17, so ((bits + half) >> shift) is ((bits >> 16) + (half >> 16)) >> (shift -
+// 16)), in 16-bit lanes: the same bits.
+inline __m256i quant_codes32(__m512 r0, __m512 r1) {
+  const __m512i t = _mm512_permutex2var_epi16(_mm512_castps_si512(r0),
+                                              _mm512_load_si512(kHighHalves.index),
+                                              _mm512_castps_si512(r1));
+  __m512i c = _mm512_setzero_si512();
+  for (int k = kNumRegimes - 1; k >= 0; --k) {
+    const Regime& g = kRegimes[k];
+    const __m512i shifted = _mm512_srli_epi16(
+        _mm512_add_epi16(t, _mm512_set1_epi16(static_cast<int16_t>(g.half >> 16))),
+        g.shift - 16);
+    const __mmask32 in = _mm512_cmpge_epu16_mask(
+        t, _mm512_set1_epi16(static_cast<int16_t>(g.low >> 16)));
+    c = _mm512_mask_sub_epi16(c, in, shifted, _mm512_set1_epi16(static_cast<int16_t>(g.base)));
+  }
+  c = _mm512_max_epi16(c, _mm512_set1_epi16(1));
+  const __mmask32 positive = _mm512_kunpackw(
+      _mm512_cmp_ps_mask(r1, _mm512_setzero_ps(), _CMP_GT_OQ),
+      _mm512_cmp_ps_mask(r0, _mm512_setzero_ps(), _CMP_GT_OQ));
+  // unsigned saturation: c > 255 (a ratio rounded above 1, or infinite) becomes 255
+  return _mm512_maskz_cvtusepi16_epi8(positive, c);
+}
+#endif
+
 // The codes of n values s of a block whose scale is top. GCC vectorizes the portable loop
-// clumsily (its masks spill). With AVX-512 32 codes at a time come from the ratios' high 16
-// bits (every regime's shift is >= 17, so ((bits + half) >> shift) is ((bits >> 16) + (half
-// >> 16)) >> (shift - 16)), in 16-bit lanes: the same bits.
+// clumsily (its masks spill); with AVX-512, 32 codes at a time by quant_codes32.
 inline void quantize(const float* __restrict s, uint8_t* __restrict codes, int64_t n,
                      float top) {
-  const float factor = top < 0x1p-64f ? 0x1p64f : 1.0f;
-  const float inverse = 1.0f / (top * factor);
+  const Ratio ratio(top);
   int64_t i = 0;
 #ifdef ADAGRAD_GLUON_Q8_AVX512
-  const __m512 factors = _mm512_set1_ps(factor), inverses = _mm512_set1_ps(inverse);
-  alignas(64) int16_t odd[32];  // the high halves of 2 x 16 floats, in order
-  for (int k = 0; k < 32; ++k) odd[k] = static_cast<int16_t>(2 * k + 1);
-  const __m512i high_halves = _mm512_load_si512(odd);
+  const RatioLanes lanes(ratio);
   for (; i + 32 <= n; i += 32) {
-    const __m512 r0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), factors), inverses);
-    const __m512 r1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i + 16), factors),
-                                    inverses);
-    const __m512i t = _mm512_permutex2var_epi16(_mm512_castps_si512(r0), high_halves,
-                                                _mm512_castps_si512(r1));
-    __m512i c = _mm512_setzero_si512();
-    for (int k = kNumRegimes - 1; k >= 0; --k) {
-      const Regime& g = kRegimes[k];
-      const __m512i shifted = _mm512_srli_epi16(
-          _mm512_add_epi16(t, _mm512_set1_epi16(static_cast<int16_t>(g.half >> 16))),
-          g.shift - 16);
-      const __mmask32 in = _mm512_cmpge_epu16_mask(
-          t, _mm512_set1_epi16(static_cast<int16_t>(g.low >> 16)));
-      c = _mm512_mask_sub_epi16(c, in, shifted, _mm512_set1_epi16(static_cast<int16_t>(g.base)));
-    }
-    c = _mm512_max_epi16(c, _mm512_set1_epi16(1));
-    const __mmask32 positive = _mm512_kunpackw(
-        _mm512_cmp_ps_mask(r1, _mm512_setzero_ps(), _CMP_GT_OQ),
-        _mm512_cmp_ps_mask(r0, _mm512_setzero_ps(), _CMP_GT_OQ));
-    // unsigned saturation: c > 255 (a ratio rounded above 1, or infinite) becomes 255
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i),
-                        _mm512_maskz_cvtusepi16_epi8(positive, c));
+                        quant_codes32(lanes.of(_mm512_loadu_ps(s + i)),
+                                      lanes.of(_mm512_loadu_ps(s + i + 16))));
   }
 #endif
-  for (; i < n; ++i) codes[i] = quant_code((s[i] * factor) * inverse);
+  for (; i < n; ++i) codes[i] = quant_code(ratio.of(s[i]));
 }
 
 struct QuantJob {
@@ -1242,23 +1292,164 @@ struct QuantJob {
   double wd;
 };
 
-// Update blocks [first, last) of a job, one pass over memory: per block, dequantize into a
-// buffer in the L1 cache, the elementwise update on it, take its top, requantize.
+// Update block b of a job through a buffer s in the L1 cache: dequantize into it, the
+// elementwise update on it, take its top, requantize.
+template <typename W, bool kMaster, Decay kDecay, Placement kPlace>
+void buffered_block(const QuantJob& job, const Options& options, int64_t b, float* s) {
+  const int64_t begin = b * kQuantBlock;
+  const int64_t n = std::min(kQuantBlock, job.size - begin);
+  uint8_t* codes = job.codes + begin;
+  dequantize(codes, job.scales[b], s, n);
+  const Job part{static_cast<W*>(job.weight) + begin, static_cast<const W*>(job.grad) + begin,
+                 s, kMaster ? job.master + begin : nullptr, n, job.lr, job.wd};
+  update_range<W, float, kMaster, kDecay, kPlace>(part, options, 0, n);
+  const float top = block_top(s, n);
+  job.scales[b] = top;
+  quantize(s, codes, n, top);
+}
+
+#ifdef ADAGRAD_GLUON_Q8_VBMI
+// Scalars<float> in 16 lanes, for step16.
+struct StepLanes {
+  __m512 rescale, lo, hi, eps, lr, neg_lr, wd, one;
+  __m512i sign;
+  bool clip, maximize, guard_zero;
+  explicit StepLanes(const Scalars<float>& c)
+      : rescale(_mm512_set1_ps(c.rescale)), lo(_mm512_set1_ps(c.lo)), hi(_mm512_set1_ps(c.hi)),
+        eps(_mm512_set1_ps(c.eps)), lr(_mm512_set1_ps(c.lr)), neg_lr(_mm512_set1_ps(c.neg_lr)),
+        wd(_mm512_set1_ps(c.wd)), one(_mm512_set1_ps(1.0f)),
+        sign(_mm512_set1_epi32(static_cast<int32_t>(0x80000000u))), clip(c.clip),
+        maximize(c.maximize), guard_zero(c.guard_zero) {}
+  // no clip, no maximize, eps > 0: the common options, whose loop runs none of their tests
+  bool plain() const { return !clip && !maximize && !guard_zero; }
+};
+
+// step<kDecay, kPlace> on 16 elements: the weights w[0..15] in place, their accumulator values
+// s in and out. Operation for operation as step, in its order (so the same bits); without
+// clip_gradient its bounds are infinite and the clip leaves every g (NaN too) as it is.
+template <Decay kDecay, Placement kPlace, bool kPlain>
+inline __m512 step16(float* w, const float* grad, __m512 s, const StepLanes& c) {
+  __m512 g = _mm512_mul_ps(_mm512_loadu_ps(grad), c.rescale);
+  if (!kPlain && c.clip) {
+    // g > hi ? hi : (g < lo ? lo : g); max_ps(lo, g) is g < lo ? lo : g (a NaN g stays g)
+    g = _mm512_mask_mov_ps(_mm512_max_ps(c.lo, g), _mm512_cmp_ps_mask(g, c.hi, _CMP_GT_OQ),
+                           c.hi);
+  }
+  if (!kPlain && c.maximize) {
+    g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), c.sign));  // -g
+  }
+  const __m512 old = _mm512_loadu_ps(w);
+  if constexpr (kDecay == Decay::kL2) g = _mm512_add_ps(g, _mm512_mul_ps(old, c.wd));
+  const __m512 acc = _mm512_add_ps(s, _mm512_mul_ps(g, g));
+  __m512 denom = kPlace == Placement::kInside ? _mm512_sqrt_ps(_mm512_add_ps(acc, c.eps))
+                                              : _mm512_add_ps(_mm512_sqrt_ps(acc), c.eps);
+  if (!kPlain && c.guard_zero) {
+    const __mmask16 zero = _mm512_cmp_ps_mask(denom, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    denom = _mm512_add_ps(denom, _mm512_maskz_mov_ps(zero, c.one));
+  }
+  const __m512 d = _mm512_div_ps(g, denom);
+  __m512 updated;
+  if constexpr (kDecay == Decay::kStep) {
+    updated = _mm512_add_ps(old, _mm512_mul_ps(_mm512_add_ps(d, _mm512_mul_ps(old, c.wd)),
+                                               c.neg_lr));
+  } else if constexpr (kDecay == Decay::kDecoupled) {
+    updated = _mm512_sub_ps(old, _mm512_mul_ps(_mm512_mul_ps(old, c.wd), c.lr));
+    updated = _mm512_sub_ps(updated, _mm512_mul_ps(d, c.lr));
+  } else {
+    updated = _mm512_add_ps(old, _mm512_mul_ps(d, c.neg_lr));
+  }
+  _mm512_storeu_ps(w, updated);
+  return acc;
+}
+
+// A block whose new accumulator values wait in a buffer to be requantized.
+struct Requantize {
+  const float* s;
+  uint8_t* codes;
+  RatioLanes ratio;
+  // codes of the values of vectors k and k + 1 (of 16)
+  void pair(int k) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 16 * k),
+                        quant_codes32(ratio.of(_mm512_load_ps(s + 16 * k)),
+                                      ratio.of(_mm512_load_ps(s + 16 * k + 16))));
+  }
+};
+
+// The steps of one whole block of a float32 weight without a master: 64 codes at a time
+// dequantized and stepped, the new accumulator values stored in s and their largest bit
+// pattern taken as they come; returns the block's requantization (its new scale is written).
+// The requantization of the block before, if any, runs interleaved with these steps, so that
+// its integer work overlaps their divisions and square roots.
+template <Decay kDecay, Placement kPlace, bool kPlain>
+inline Requantize step_block(const QuantJob& job, int64_t b, const StepLanes& c,
+                             const CodeLookup& lookup, float* s, const Requantize* before) {
+  constexpr int kVectors = kQuantBlock / 16;
+  float* w = static_cast<float*>(job.weight) + b * kQuantBlock;
+  const float* g = static_cast<const float*>(job.grad) + b * kQuantBlock;
+  uint8_t* codes = job.codes + b * kQuantBlock;
+  const __m512 scale = _mm512_set1_ps(job.scales[b]);
+  __m512i top = _mm512_setzero_si512();
+  for (int q = 0; q < kVectors; q += 4) {
+    __m512 values[4];
+    dequantize64(lookup, codes + 16 * q, scale, values);
+    for (int m = 0; m < 4; ++m) {
+      const __m512 acc = step16<kDecay, kPlace, kPlain>(w + 16 * (q + m), g + 16 * (q + m),
+                                                        values[m], c);
+      _mm512_store_ps(s + 16 * (q + m), acc);
+      top = _mm512_max_epu32(top, _mm512_castps_si512(acc));  // as block_top
+      if (before != nullptr && m % 2 == 1) before->pair(q + m - 1);
+    }
+  }
+  const float top_value = float_of(_mm512_reduce_max_epu32(top));
+  job.scales[b] = top_value;
+  return {s, codes, RatioLanes(Ratio(top_value))};
+}
+
+// Whole blocks [first, last) of a float32 weight without a master, by step_block: the
+// buffered pass's bits, with one store and one load of each value instead of four passes
+// over the buffer, and the requantization's integer work beside the divider's.
+// (flatten: every call in it inlined, which GCC's size limits would not all do by themselves)
+template <Decay kDecay, Placement kPlace, bool kPlain>
+[[gnu::flatten]] void step_blocks(const QuantJob& job, const StepLanes& lanes, int64_t first,
+                                  int64_t last) {
+  const CodeLookup lookup;
+  alignas(64) float s[2][kQuantBlock];
+  Requantize before = step_block<kDecay, kPlace, kPlain>(job, first, lanes, lookup, s[0],
+                                                         nullptr);
+  for (int64_t b = first + 1; b < last; ++b) {
+    before = step_block<kDecay, kPlace, kPlain>(job, b, lanes, lookup, s[(b - first) % 2],
+                                                &before);
+  }
+  for (int k = 0; k < kQuantBlock / 16; k += 2) before.pair(k);
+}
+
+// step_blocks with the options' scalars, the loop for plain options if they are.
+template <Decay kDecay, Placement kPlace>
+void fused_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
+  const StepLanes lanes{Scalars<float>(options, {nullptr, nullptr, nullptr, nullptr, 0, job.lr,
+                                                 job.wd})};
+  if (lanes.plain()) {
+    step_blocks<kDecay, kPlace, true>(job, lanes, first, last);
+  } else {
+    step_blocks<kDecay, kPlace, false>(job, lanes, first, last);
+  }
+}
+#endif
+
+// Update blocks [first, last) of a job, one pass over memory: fused_blocks where it applies,
+// else buffered_block (other weight types, a partial last block, CPUs without AVX-512 VBMI).
 template <typename W, bool kMaster, Decay kDecay, Placement kPlace>
 void quant_blocks(const QuantJob& job, const Options& options, int64_t first, int64_t last) {
-  alignas(64) float s[kQuantBlock];
-  for (int64_t b = first; b < last; ++b) {
-    const int64_t begin = b * kQuantBlock;
-    const int64_t n = std::min(kQuantBlock, job.size - begin);
-    uint8_t* codes = job.codes + begin;
-    dequantize(codes, job.scales[b], s, n);
-    const Job part{static_cast<W*>(job.weight) + begin, static_cast<const W*>(job.grad) + begin,
-                   s, kMaster ? job.master + begin : nullptr, n, job.lr, job.wd};
-    update_range<W, float, kMaster, kDecay, kPlace>(part, options, 0, n);
-    const float top = block_top(s, n);
-    job.scales[b] = top;
-    quantize(s, codes, n, top);
+  int64_t b = first;
+#ifdef ADAGRAD_GLUON_Q8_VBMI
+  if constexpr (std::is_same<W, float>::value && !kMaster) {
+    const int64_t whole = std::min(last, job.size / kQuantBlock);
+    if (b < whole) fused_blocks<kDecay, kPlace>(job, options, b, whole);
+    b = std::max(b, whole);
   }
+#endif
+  alignas(64) float s[kQuantBlock];
+  for (; b < last; ++b) buffered_block<W, kMaster, kDecay, kPlace>(job, options, b, s);
 }
 
 using QuantFn = void (*)(const QuantJob&, const Options&, int64_t, int64_t);
