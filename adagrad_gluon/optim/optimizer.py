@@ -18,7 +18,7 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_flag, check_number
-from . import kernels, lazy_decay
+from . import kernels, lazy_decay, pages
 from .checks import (
     State,
     accumulator_dtype,
@@ -176,6 +176,17 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         (its lazy update gathers the accumulator's rows); ``row_sparse`` gradients of dense
         weights and their lazy weight decay work as with float32 (see
         :mod:`~adagrad_gluon.optim.quantized`).
+    huge_pages : bool or None, default None
+        Whether a table that ``row_sparse`` gradients update is backed by transparent huge
+        pages (2 MiB; :mod:`adagrad_gluon.optim.pages`): at its first such update (and again
+        for new arrays), its weight, accumulator and master copy get ``madvise(MADV_HUGEPAGE)``
+        and ``MADV_COLLAPSE``, once, so the scattered rows of each step miss the TLB far less
+        (the collapse copies the arrays: a few hundred ms per 256 MB, once). ``None``: tables
+        of at least 64 MiB (:data:`~adagrad_gluon.optim.pages.LARGE_TABLE_BYTES`). ``True``:
+        every such table (only whole 2 MiB pages inside an array are advised). ``False``:
+        never. Linux, CPU arrays and transparent huge pages other than ``never`` only. Advice
+        only: the update is bit for bit the same either way, and a failing ``madvise`` is
+        ignored. Dense gradients stream through memory and are never advised.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -196,6 +207,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         nonfinite: str = "propagate",
         host_row_check: bool | None = None,
         state_bits: int = 32,
+        huge_pages: bool | None = None,
         **kwargs,
     ):
         kwargs = optimizer_kwargs(check_compat(compat), {"learning_rate": learning_rate, **kwargs})
@@ -216,6 +228,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.host_row_check = (None if host_row_check is None
                                else check_flag("host_row_check", host_row_check))
+        self.huge_pages = None if huge_pages is None else check_flag("huge_pages", huge_pages)
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
@@ -224,6 +237,9 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
+        # huge_pages: the arrays advised, per (index, context), and the last seen per index
+        self._paged: dict = {}
+        self._paged_last: dict = {}
 
     @property
     def options(self) -> AdagradOptions:
@@ -416,6 +432,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         checked = [checked_arrays(self._checked, *args, self._name, **check_options)
                    for args in zip(indices, weights, grads, states, strict=True)]
         self._check_rows_on_host(indices, checked)
+        self._advise_huge_pages(indices, checked)
         if cached and not any(c.row_sparse for c in checked) \
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
             if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
@@ -439,6 +456,23 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         if self.host_row_check is None:
             return not _own_gradient(self.param_dict.get(index), arrays.grad)
         return False
+
+    def _advise_huge_pages(self, indices, checked: list) -> None:
+        """Back the arrays of each parameter a row_sparse gradient updates by huge pages, as
+        ``huge_pages`` says (:func:`~.pages.advise`), once per weight and device: the arrays
+        last seen for an index cost an identity test; others (new arrays, or another device's
+        copy under a Trainer with several contexts) are looked up per context."""
+        if self.huge_pages is False:
+            return
+        for index, arrays in zip(indices, checked, strict=True):
+            tables = (arrays.weight, arrays.acc, arrays.master)
+            if arrays.row_sparse and not _same_objects(self._paged_last.get(index), tables):
+                self._paged_last[index] = tables
+                key = (index, arrays.weight.context)
+                if not _same_objects(self._paged.get(key), tables):
+                    self._paged[key] = tables
+                    if self.huge_pages or pages.nbytes(arrays.weight) >= pages.LARGE_TABLE_BYTES:
+                        pages.advise(_memory_arrays(tables))
 
     def _kernel_checks_rows(self, arrays) -> bool:
         """Whether these arrays' update is the fused row_sparse operator, which checks the rows
@@ -478,7 +512,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
         for name in ("_steps", "_options", "_option_values", "_checked_calls",
-                     "_prepared_keys"):
+                     "_prepared_keys", "_paged", "_paged_last"):
             state.pop(name, None)
         return state
 
@@ -494,9 +528,11 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._options, self._option_values = None, None
         self._checked_calls = {}
         self._prepared_keys = {}
+        self._paged, self._paged_last = {}, {}
         self._step_updated = set()
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         vars(self).setdefault("host_row_check", None)  # pickled before it existed
+        vars(self).setdefault("huge_pages", None)  # the same
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
@@ -523,6 +559,19 @@ class _PreparedKey(NamedTuple):
     state: State
     options: AdagradOptions
     update: kernels.PreparedUpdate
+
+
+def _same_objects(known: tuple | None, arrays: tuple) -> bool:
+    """Whether ``known`` holds the very objects of ``arrays``."""
+    return known is not None and all(a is b for a, b in zip(known, arrays, strict=True))
+
+
+def _memory_arrays(tables: tuple) -> list[nd.NDArray]:
+    """The NDArrays holding a parameter's ``(weight, accumulator, master or None)``: an
+    8-bit accumulator's codes (its scales are 1/1024 of them)."""
+    weight, acc, master = tables
+    acc = acc.codes if isinstance(acc, QuantizedAcc) else acc
+    return [array for array in (weight, acc, master) if array is not None]
 
 
 def _check_no_decay(compat: str, wd: float) -> None:
