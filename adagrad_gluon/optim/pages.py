@@ -31,7 +31,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-__all__ = ["HUGE_PAGE", "LARGE_TABLE_BYTES", "advise", "huge_page_interior", "nbytes"]
+__all__ = ["HUGE_PAGE", "LARGE_TABLE_BYTES", "advise", "advise_memory", "available",
+           "huge_page_interior", "nbytes"]
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
@@ -59,20 +60,32 @@ def huge_page_interior(address: int, size: int) -> tuple[int, int]:
 def advise(arrays: Iterable[nd.NDArray]) -> None:
     """Back each CPU array of ``arrays`` by transparent huge pages (see the module's
     docstring): waits for the array's pending writes (so its pages exist), then
-    ``MADV_HUGEPAGE`` and ``MADV_COLLAPSE`` on its 2 MiB-aligned interior. Advice only: the
-    arrays' values never change, and every failure is ignored. Call it once per array: the
-    collapse copies the array."""
-    madvise = _madvise()
-    if madvise is None:
+    :func:`advise_memory` of its data. Advice only: the arrays' values never change, and every
+    failure is ignored. Call it once per array: the collapse copies the array."""
+    if not available():
         return
     for array in arrays:
-        if array.context.device_type != "cpu":
-            continue
-        array.wait_to_read()
-        start, length = huge_page_interior(_data_address(array), nbytes(array))
-        if length:
-            for advice in (MADV_HUGEPAGE, MADV_COLLAPSE):
-                madvise(start, length, advice)  # -1 and errno on failure: ignored (advice)
+        if array.context.device_type == "cpu":
+            array.wait_to_read()
+            advise_memory(_data_address(array), nbytes(array))
+
+
+def advise_memory(address: int, size: int) -> None:
+    """``MADV_HUGEPAGE`` and ``MADV_COLLAPSE`` on the whole 2 MiB pages inside
+    ``[address, address + size)`` of this process's memory (e.g. a numpy array's
+    ``ctypes.data`` and ``nbytes``); nothing where :func:`available` is False. Failures are
+    ignored (advice)."""
+    madvise = _madvise()
+    start, length = huge_page_interior(address, size)
+    if madvise is not None and length:
+        for advice in (MADV_HUGEPAGE, MADV_COLLAPSE):
+            madvise(start, length, advice)  # -1 and errno on failure: ignored (advice)
+
+
+def available() -> bool:
+    """Whether the advice can apply here: Linux, ``madvise``, and transparent huge pages
+    ``always`` or ``madvise``."""
+    return _madvise() is not None
 
 
 @functools.cache
