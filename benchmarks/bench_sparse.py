@@ -39,7 +39,8 @@ transparent huge pages at its first row_sparse update (``huge_pages=None``, as u
 :mod:`adagrad_gluon.optim.pages`), which makes the scattered rows miss the TLB less. So the
 bounds run twice, on 4 KiB pages and with the same advice on their arrays ("huge pages"), and
 each method's fraction is of the bound on its own pages (the "pages" column): like with like.
-The other frameworks run as their users run them, on 4 KiB pages.
+The other frameworks run as their users run them, on 4 KiB pages. (numpy advises its own large
+arrays as ``MADV_HUGEPAGE``: the 4 KiB bound's arrays are allocated with that turned off.)
 
     python benchmarks/bench_sparse.py [--repeats 7] [--rows 10000] [--width 64]
                                       [--table 1000000] [--threads N]
@@ -69,6 +70,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mxnet import nd  # noqa: E402
+from numpy.core.multiarray import _set_madvise_hugepage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_update import (  # noqa: E402
@@ -261,17 +263,29 @@ def fbgemm_steps(threads: int) -> dict[str, Callable[[Case], Step]]:
     return {FBGEMM_FWD: make(False), FBGEMM_BOTH: make(True)}
 
 
-def bound_step(function: Callable, threads: int, huge_pages: bool) -> Callable[[Case], Step]:
-    """The gather bound ``function`` on the case's rows (its own table and accumulator); with
-    ``huge_pages``, both advised as :mod:`adagrad_gluon.optim.pages` advises
-    ``adagrad_scratch``'s."""
-    def make(case: Case) -> Step:
+def bound_arrays(case: Case, kind: str, huge_pages: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The bound's own table and accumulator (one per row for ``ROWWISE``), on the pages
+    MXNet's and torch's arrays get (numpy's own ``MADV_HUGEPAGE`` of large arrays turned off
+    while they are allocated), or with ``huge_pages`` advised as
+    :mod:`adagrad_gluon.optim.pages` advises ``adagrad_scratch``'s."""
+    previous = _set_madvise_hugepage(huge_pages)
+    try:
         weight = case.weight.copy()
         # filled, not np.zeros: its pages are mapped now, as MXNet's and torch's states are
-        acc = np.full(case.weight.shape if function.__name__ == "gather_bound"
-                      else case.table, 0.0, np.float32)
-        for array in (weight, acc) if huge_pages else ():
-            pages.advise_memory(array.ctypes.data, array.nbytes)
+        acc = np.full(case.weight.shape if kind == ELEMENTWISE else case.table, 0.0, np.float32)
+    finally:
+        _set_madvise_hugepage(previous)
+    for array in (weight, acc) if huge_pages else ():
+        pages.advise_memory(array.ctypes.data, array.nbytes)
+    return weight, acc
+
+
+def bound_step(function: Callable, kind: str, threads: int,
+               huge_pages: bool) -> Callable[[Case], Step]:
+    """The gather bound ``function`` of traffic ``kind`` on the case's rows, on its own
+    :func:`bound_arrays`."""
+    def make(case: Case) -> Step:
+        weight, acc = bound_arrays(case, kind, huge_pages)
         batches = cycling(list(zip(case.rows, case.grads, strict=True)))
 
         def step() -> None:
@@ -351,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         bounds = load_bounds(directory)
     for kind, function in bounds.items():
-        makers[BOUNDS[kind]] = bound_step(function, threads, huge_pages=False)
-        makers[HUGE_BOUNDS[kind]] = bound_step(function, threads, huge_pages=True)
+        makers[BOUNDS[kind]] = bound_step(function, kind, threads, huge_pages=False)
+        makers[HUGE_BOUNDS[kind]] = bound_step(function, kind, threads, huge_pages=True)
     print(f"mxnet {mx.__version__}; machine: {os.cpu_count()} logical CPUs, {_usable_cpus()} "
           f"usable; threads: fused kernels, bounds, torch and fbgemm {threads}; MXNet built-ins "
           f"MXNet's own (MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}); "

@@ -5,7 +5,6 @@ default; advice that never changes what an update computes."""
 import ctypes
 import errno
 import pickle
-from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -15,19 +14,11 @@ from mxnet import nd
 from adagrad_gluon import AdagradScratch
 from adagrad_gluon.optim import pages
 
+from .pagemaps import anon_huge_kb, thp_mode
+
 WIDTH = 64
-THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def _thp_mode() -> str:
-    try:
-        return THP.read_text()
-    except OSError:
-        return "[never] (no transparent huge pages in this kernel)"
-
-
 needs_thp = pytest.mark.skipif(
-    "[never]" in _thp_mode(),
+    thp_mode() == "never",
     reason="transparent huge pages are 'never' here: the kernel backs nothing by huge pages, "
            "so there is nothing to observe (the advice is skipped, which other tests check)")
 
@@ -68,20 +59,6 @@ def _run(table, steps=3, **options):
     return opt, weight, state
 
 
-def _anon_huge_kb(array: nd.NDArray) -> int:
-    """AnonHugePages (kB) of the mappings of ``array``'s memory, from /proc/self/smaps."""
-    start = pages._data_address(array)
-    end, total, inside = start + pages.nbytes(array), 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and ":" not in fields[0]:
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            inside = low < end and high > start
-        elif inside and fields[0] == "AnonHugePages:":
-            total += int(fields[1])
-    return total
-
-
 def _advised(calls, array) -> set:
     """The advice given for the huge pages inside ``array``."""
     interior = pages.huge_page_interior(pages._data_address(array), pages.nbytes(array))
@@ -97,7 +74,7 @@ def test_a_large_row_sparse_table_is_backed_by_huge_pages_once(calls):
     nd.waitall()
     for array in (weight, acc):
         assert _advised(calls, array) == {pages.MADV_HUGEPAGE, pages.MADV_COLLAPSE}
-        assert _anon_huge_kb(array) > 0
+        assert anon_huge_kb(pages._data_address(array), pages.nbytes(array)) > 0
     assert len(calls) == 4  # two arrays, two advices each, over three updates
 
 
