@@ -13,7 +13,8 @@ on its own copy of the table):
   ``mx.optimizer.get_updater`` as ``gluon.Trainer`` calls it, with a row_sparse gradient whose
   rows only the kernel checks (``host_row_check=False``: what ``gluon.Trainer`` does with a
   parameter's own gradient); the elementwise one also with the rows checked on the host first
-  (``host_row_check=True``: the default for arrays handed to ``update``, one host sync);
+  (``host_row_check=True``: the default for arrays handed to ``update``, one host sync), and
+  without huge pages (``huge_pages=False``);
 * MXNet's built-in ``adagrad`` (its sparse update) and ``contrib.GroupAdaGrad`` (row-wise),
   the same way; the built-in also with its tables on huge pages (informational: users run it
   without);
@@ -93,6 +94,7 @@ BOUND_SOURCE = Path(__file__).resolve().parent / "gather_bound.cc"
 ELEMENTWISE, ROWWISE = "elementwise", "row-wise"
 FUSED = "adagrad_scratch fused"
 FUSED_HOST = "adagrad_scratch fused, host row check"
+FUSED_SMALL_PAGES = "adagrad_scratch fused, huge_pages=False"
 FUSED_ROWWISE = "adagrad_scratch fused rowwise=True"
 OPERATOR = "adagrad_scratch operator alone"
 BUILTIN = "mxnet adagrad (built-in, sparse)"
@@ -104,8 +106,8 @@ FBGEMM_FWD, FBGEMM_BOTH = "fbgemm TBE forward only", "fbgemm TBE forward+backwar
 BOUNDS = {ELEMENTWISE: "gather bound elementwise", ROWWISE: "gather bound row-wise"}
 HUGE_BOUNDS = {kind: f"{name}, huge pages" for kind, name in BOUNDS.items()}
 # the traffic (and bound) each method is measured against
-KIND = {**dict.fromkeys((FUSED, FUSED_HOST, OPERATOR, BUILTIN, BUILTIN_HUGE, TORCH,
-                         BOUNDS[ELEMENTWISE], HUGE_BOUNDS[ELEMENTWISE]), ELEMENTWISE),
+KIND = {**dict.fromkeys((FUSED, FUSED_HOST, FUSED_SMALL_PAGES, OPERATOR, BUILTIN, BUILTIN_HUGE,
+                         TORCH, BOUNDS[ELEMENTWISE], HUGE_BOUNDS[ELEMENTWISE]), ELEMENTWISE),
         **dict.fromkeys((FUSED_ROWWISE, GROUP, FBGEMM, FBGEMM_FWD, FBGEMM_BOTH, BOUNDS[ROWWISE],
                          HUGE_BOUNDS[ROWWISE]), ROWWISE)}
 SCRATCH = (FUSED, FUSED_HOST, OPERATOR, FUSED_ROWWISE)  # adagrad_scratch's own methods
@@ -316,6 +318,8 @@ def methods(threads: int, notes: list[str]) -> dict[str, Callable[[Case], Step]]
     fused = {"kernel": "fused", "eps": EPS}
     chosen = {FUSED: mxnet_method("adagrad_scratch", **fused, host_row_check=False),
               FUSED_HOST: mxnet_method("adagrad_scratch", **fused, host_row_check=True),
+              FUSED_SMALL_PAGES: mxnet_method("adagrad_scratch", **fused, host_row_check=False,
+                                              huge_pages=False),
               OPERATOR: fused_operator,
               FUSED_ROWWISE: mxnet_method("adagrad_scratch", **fused, rowwise=True,
                                           host_row_check=False)}

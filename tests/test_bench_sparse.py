@@ -76,6 +76,7 @@ def test_a_small_run_reports_every_method_and_the_targets(capsys, tmp_path):
                        "--batches", "2", "--seconds", "0.01", "--readme", str(readme)])
     out = capsys.readouterr().out
     for name in (bench_sparse.FUSED, bench_sparse.FUSED_HOST, bench_sparse.OPERATOR,
+                 bench_sparse.FUSED_SMALL_PAGES,
                  bench_sparse.BUILTIN, bench_sparse.BUILTIN_HUGE, bench_sparse.GROUP,
                  bench_sparse.FUSED_ROWWISE, *bench_sparse.BOUNDS.values(),
                  *bench_sparse.HUGE_BOUNDS.values()):
@@ -120,7 +121,8 @@ def test_the_fractions_compare_like_with_like(monkeypatch):
         huge = bench_sparse.huge_page_methods(case)
         for name in bench_sparse.SCRATCH:
             assert bench_sparse.bound_of(name, huge) == scratch_bound[bench_sparse.KIND[name]]
-        for name in (bench_sparse.BUILTIN, bench_sparse.GROUP, bench_sparse.TORCH):
+        for name in (bench_sparse.BUILTIN, bench_sparse.GROUP, bench_sparse.TORCH,
+                     bench_sparse.FUSED_SMALL_PAGES):
             assert bench_sparse.bound_of(name, huge) == bench_sparse.BOUNDS[bench_sparse.KIND[name]]
         assert bench_sparse.bound_of(bench_sparse.BUILTIN_HUGE, huge) \
             == bench_sparse.HUGE_BOUNDS[bench_sparse.ELEMENTWISE]
