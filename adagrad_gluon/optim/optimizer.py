@@ -451,7 +451,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         ``host_row_check``); ``arrays``: the parameter's :class:`~.checks.Checked`."""
         if self.host_row_check or not self._kernel_checks_rows(arrays) \
                 or self._get_wd(index) != 0 \
-                or (index, arrays.weight.context.device_id) in self._row_decay:
+                or (self._row_decay  # reading the context costs ~2 us: only if needed
+                    and (index, arrays.weight.context.device_id) in self._row_decay):
             return True  # asked for, or the rows are read before (or without) the kernel's check
         if self.host_row_check is None:
             return not _own_gradient(self.param_dict.get(index), arrays.grad)
