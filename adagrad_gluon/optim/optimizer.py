@@ -20,6 +20,7 @@ from mxnet import nd
 from ..validation import check_choice, check_flag, check_number
 from . import kernels, lazy_decay, pages
 from .checks import (
+    Checked,
     State,
     accumulator_dtype,
     accumulator_shape,
@@ -384,32 +385,51 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         options of the key's last call runs the fused update prepared then
         (:func:`~.kernels.prepare`), without checking the arrays again (an NDArray's shape,
         dtype and storage type cannot change), unless a non-finite policy or lazy weight decay
-        needs the whole path; the rates are computed and counted as that path does."""
+        needs the whole path; the rates are computed and counted as that path does. A
+        row_sparse gradient (its rows change every call) is prepared once a call hands the
+        same gradient object as the key's last one (``gluon.Trainer`` hands a parameter's own
+        gradient, a parameter server a new one per push), and its rows are still checked on
+        the host as ``host_row_check`` says."""
         plain = self.nonfinite == "propagate" and not self._row_decay
         known = self._prepared_keys.get(index) if plain else None
-        if (known is not None and known.weight is weight and known.grad is grad
-                and known.state is state and known.options is self.options):
+        if (known is not None and known.grad is grad and known.update is not None
+                and known.weight is weight and known.state is state
+                and known.options is self.options):
             wd = flush_subnormal(self._get_wds([index])[0])
             _check_no_decay(self.compat, wd)
-            known.update(self._count_and_lrs([index])[0], wd)
-            return
+            if not known.checked.row_sparse:
+                known.update(self._count_and_lrs([index])[0], wd)
+                return
+            if not wd:  # (else lazy weight decay begins: the whole path, below)
+                self._check_rows_on_host([index], [known.checked])
+                self._advise_huge_pages([index], [known.checked])
+                known.update(self._count_and_lrs([index])[0], wd)
+                return
         self._update_lists([index], [weight], [grad], [state])
         if plain:
-            self._prepared_keys[index] = self._prepared_key(weight, grad, state)
+            self._prepared_keys[index] = self._prepared_key(index, weight, grad, state, known)
 
-    def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
-        """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
-        kernels, a row_sparse weight or gradient, a list state (its items can change) or an
-        8-bit accumulator (its own operator)."""
-        if self.kernel != "fused" or isinstance(state, list) \
-                or is_row_sparse(weight) or is_row_sparse(grad):
+    def _prepared_key(self, index, weight, grad, state,
+                      last: _PreparedKey | None) -> _PreparedKey | None:
+        """What :meth:`_update_key` reuses for these arrays, just checked, or None: not the
+        fused kernels, a list state (its items can change), arrays the call did not check as
+        a dense weight's (a kvstore's row_sparse weight) or an 8-bit accumulator (its own
+        operator). A row_sparse gradient other than ``last``'s (the key's last call) is
+        remembered, not prepared (``update`` None)."""
+        if self.kernel != "fused" or isinstance(state, list):
             return None
         master, acc = split_state(state)
-        if isinstance(acc, QuantizedAcc):
-            return None
         options = self.options
-        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
-        return None if update is None else _PreparedKey(weight, grad, state, options, update)
+        checked = self._checked.get((index, options.rowwise))
+        if checked is None or isinstance(acc, QuantizedAcc) or not _same_objects(
+                checked, (weight, grad, acc, master)):
+            return None
+        if checked.row_sparse and (last is None or last.grad is not grad):
+            return _PreparedKey(weight, grad, state, options, None, checked)
+        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, checked.row_sparse),
+                                 options)
+        return None if update is None else _PreparedKey(weight, grad, state, options, update,
+                                                        checked)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list | None:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -553,18 +573,20 @@ def _own_gradient(param, grad: nd.NDArray) -> bool:
 
 
 class _PreparedKey(NamedTuple):
-    """A per-key call's arrays and options, and the fused update prepared for them."""
+    """A per-key call's arrays and options, the fused update prepared for them (None: a
+    row_sparse gradient seen once) and the arrays as :class:`~.checks.Checked`."""
 
     weight: nd.NDArray
     grad: nd.NDArray
     state: State
     options: AdagradOptions
-    update: kernels.PreparedUpdate
+    update: kernels.PreparedUpdate | None
+    checked: Checked
 
 
 def _same_objects(known: tuple | None, arrays: tuple) -> bool:
-    """Whether ``known`` holds the very objects of ``arrays``."""
-    return known is not None and all(a is b for a, b in zip(known, arrays, strict=True))
+    """Whether ``known`` starts with the very objects of ``arrays``."""
+    return known is not None and all(a is b for a, b in zip(known, arrays, strict=False))
 
 
 def _memory_arrays(tables: tuple) -> list[nd.NDArray]:
