@@ -204,11 +204,19 @@ def mxnet_method(name: str, huge_pages: bool = False, **options) -> Callable[[Ca
     return make
 
 
+def torch_table(case: Case):
+    """The case's table as a torch tensor in torch's own memory, as torch users have it (a
+    numpy copy would be on huge pages: numpy advises its large arrays ``MADV_HUGEPAGE``)."""
+    import torch
+
+    return torch.from_numpy(case.weight).clone()
+
+
 def torch_sparse(threads: int) -> Callable[[Case], Step]:
     def make(case: Case) -> Step:
         import torch
 
-        param = torch.nn.Parameter(torch.from_numpy(case.weight.copy()))
+        param = torch.nn.Parameter(torch_table(case))
         optimizer = torch.optim.Adagrad([param], lr=LR, eps=EPS)
         grads = [torch.sparse_coo_tensor(torch.from_numpy(r)[None], torch.from_numpy(g),
                                          case.weight.shape, check_invariants=False)

@@ -17,7 +17,8 @@ def thp_mode() -> str:
 
 def anon_huge_kb(address: int, size: int) -> int:
     """AnonHugePages (kB) of the mappings overlapping ``[address, address + size)``, from
-    /proc/self/smaps."""
+    /proc/self/smaps: whole mappings, so give it arrays above glibc's largest mmap threshold
+    (32 MiB), which get mappings of their own (smaller ones may share the heap's)."""
     end, total, inside = address + size, 0, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         fields = line.split()

@@ -135,7 +135,7 @@ def test_the_huge_page_methods_advise_their_tables_and_the_others_do_not(monkeyp
     real = bench_sparse.pages._madvise()
     monkeypatch.setattr(bench_sparse.pages, "_madvise", lambda: lambda *args: advised.append(
         args[2]) or (real(*args) if real is not None else 0))
-    case = bench_sparse.Case(table=100_000, width=64, rows=100, batches=1, alpha=1.0)  # 25.6 MB
+    case = bench_sparse.Case(table=150_000, width=64, rows=100, batches=1, alpha=1.0)  # 38.4 MB
     default = bench_sparse.bound_arrays(case, bench_sparse.ELEMENTWISE, huge_pages=False)
     bench_sparse.mxnet_method("adagrad")(case)()
     assert advised == []
@@ -149,3 +149,17 @@ def test_the_huge_page_methods_advise_their_tables_and_the_others_do_not(monkeyp
             assert anon_huge_kb(array.ctypes.data, array.nbytes) == 0
         for array in huge:
             assert anon_huge_kb(array.ctypes.data, array.nbytes) > 0
+
+
+def test_torchs_table_is_in_torchs_own_memory():
+    """Not a numpy copy's: numpy advises its large arrays as MADV_HUGEPAGE, so torch's
+    weight was on huge pages while its state and the "4 KiB" bound it was compared with
+    were not."""
+    torch = pytest.importorskip("torch")
+    case = bench_sparse.Case(table=150_000, width=64, rows=100, batches=1, alpha=1.0)
+    table = bench_sparse.torch_table(case)
+    assert isinstance(table, torch.Tensor)
+    np.testing.assert_array_equal(table.numpy(), case.weight)
+    assert table.data_ptr() != case.weight.ctypes.data
+    if thp_mode() == "madvise":
+        assert anon_huge_kb(table.data_ptr(), case.weight.nbytes) == 0
