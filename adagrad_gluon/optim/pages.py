@@ -39,7 +39,7 @@ MADV_COLLAPSE = 25
 HUGE_PAGE = 2 << 20
 # Tables from 64 MiB on are advised by default (AdagradScratch(huge_pages=None)): 5x the
 # ~12 MiB the TLB maps with 4 KiB pages, so nearly every scattered row misses it, while the
-# one-time collapse (~1-3 ms per MiB) stays small beside the steps of a table that size.
+# one-time collapse (0.2-2 ms per MiB measured) stays small beside the steps of a table that size.
 LARGE_TABLE_BYTES = 64 << 20
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
