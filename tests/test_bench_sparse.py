@@ -5,6 +5,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -14,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 with mock.patch.dict(os.environ):  # the OMP_WAIT_POLICY it sets is for its own runs
     import bench_sparse  # noqa: E402
 import readme_tables  # noqa: E402
+
+from .pagemaps import anon_huge_kb, thp_mode  # noqa: E402
 
 
 def test_power_law_rows_are_unique_sorted_in_range_and_skewed():
@@ -73,12 +76,24 @@ def test_a_small_run_reports_every_method_and_the_targets(capsys, tmp_path):
                        "--batches", "2", "--seconds", "0.01", "--readme", str(readme)])
     out = capsys.readouterr().out
     for name in (bench_sparse.FUSED, bench_sparse.FUSED_HOST, bench_sparse.OPERATOR,
-                 bench_sparse.BUILTIN, bench_sparse.GROUP, bench_sparse.FUSED_ROWWISE,
-                 *bench_sparse.BOUNDS.values()):
+                 bench_sparse.FUSED_SMALL_PAGES,
+                 bench_sparse.BUILTIN, bench_sparse.BUILTIN_HUGE, bench_sparse.GROUP,
+                 bench_sparse.FUSED_ROWWISE, *bench_sparse.BOUNDS.values(),
+                 *bench_sparse.HUGE_BOUNDS.values()):
         assert f"  {name} " in out
         assert f"| {name} |" in readme.read_text()
     assert "targets:" in out and "fraction of the elementwise bound" in out
     assert "fraction of the row-wise bound" in out and "built-in / elementwise bound" in out
+    assert "x on 4 KiB pages" in out and "x on huge pages" in out
+    # a 2000-row table is below the 64 MiB from which adagrad_scratch uses huge pages: its
+    # fractions are of the 4 KiB bound, the huge-page rows' of the huge-page bound
+    table = readme.read_text()
+    assert "of the gather bound on the same pages" in table
+    for name, pages in ((bench_sparse.FUSED, "4 KiB"), (bench_sparse.BUILTIN, "4 KiB"),
+                        (bench_sparse.BUILTIN_HUGE, "2 MiB")):
+        assert f"| {name} | " in table
+        assert f" | {pages} | " in next(line for line in table.splitlines()
+                                         if line.startswith(f"| {name} | "))
     # bytes per updated row: 20 B per element + the index, or 12 B + accumulator + index
     assert f" {20 * 16 + 8} " in out and f" {12 * 16 + 16} " in out
 
@@ -94,3 +109,57 @@ def test_bad_flags_are_refused_before_anything_runs(argv, message, capsys):
         bench_sparse.main(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_fractions_compare_like_with_like(monkeypatch):
+    """adagrad_scratch's methods are measured against the huge-page bound exactly where it
+    backs the table by huge pages itself (64 MiB and up, where the advice applies)."""
+    monkeypatch.setattr(bench_sparse.pages, "available", lambda: True)
+    small = SimpleNamespace(weight=SimpleNamespace(nbytes=bench_sparse.pages.LARGE_TABLE_BYTES - 1))
+    large = SimpleNamespace(weight=SimpleNamespace(nbytes=bench_sparse.pages.LARGE_TABLE_BYTES))
+    for case, scratch_bound in ((small, bench_sparse.BOUNDS), (large, bench_sparse.HUGE_BOUNDS)):
+        huge = bench_sparse.huge_page_methods(case)
+        for name in bench_sparse.SCRATCH:
+            assert bench_sparse.bound_of(name, huge) == scratch_bound[bench_sparse.KIND[name]]
+        for name in (bench_sparse.BUILTIN, bench_sparse.GROUP, bench_sparse.TORCH,
+                     bench_sparse.FUSED_SMALL_PAGES):
+            assert bench_sparse.bound_of(name, huge) == bench_sparse.BOUNDS[bench_sparse.KIND[name]]
+        assert bench_sparse.bound_of(bench_sparse.BUILTIN_HUGE, huge) \
+            == bench_sparse.HUGE_BOUNDS[bench_sparse.ELEMENTWISE]
+    monkeypatch.setattr(bench_sparse.pages, "available", lambda: False)
+    assert not bench_sparse.huge_page_methods(large) & set(bench_sparse.SCRATCH)
+
+
+def test_the_huge_page_methods_advise_their_tables_and_the_others_do_not(monkeypatch):
+    advised = []
+    real = bench_sparse.pages._madvise()
+    monkeypatch.setattr(bench_sparse.pages, "_madvise", lambda: lambda *args: advised.append(
+        args[2]) or (real(*args) if real is not None else 0))
+    case = bench_sparse.Case(table=150_000, width=64, rows=100, batches=1, alpha=1.0)  # 38.4 MB
+    default = bench_sparse.bound_arrays(case, bench_sparse.ELEMENTWISE, huge_pages=False)
+    bench_sparse.mxnet_method("adagrad")(case)()
+    assert advised == []
+    huge = bench_sparse.bound_arrays(case, bench_sparse.ELEMENTWISE, huge_pages=True)
+    assert advised == [bench_sparse.pages.MADV_HUGEPAGE, bench_sparse.pages.MADV_COLLAPSE] * 2
+    advised.clear()
+    bench_sparse.mxnet_method("adagrad", huge_pages=True)(case)()  # weight and its history
+    assert advised == [bench_sparse.pages.MADV_HUGEPAGE, bench_sparse.pages.MADV_COLLAPSE] * 2
+    if thp_mode() == "madvise":  # what the kernel maps ('always' maps huge pages everywhere)
+        for array in default:  # numpy's own MADV_HUGEPAGE of large arrays was turned off
+            assert anon_huge_kb(array.ctypes.data, array.nbytes) == 0
+        for array in huge:
+            assert anon_huge_kb(array.ctypes.data, array.nbytes) > 0
+
+
+def test_torchs_table_is_in_torchs_own_memory():
+    """Not a numpy copy's: numpy advises its large arrays as MADV_HUGEPAGE, so torch's
+    weight was on huge pages while its state and the "4 KiB" bound it was compared with
+    were not."""
+    torch = pytest.importorskip("torch")
+    case = bench_sparse.Case(table=150_000, width=64, rows=100, batches=1, alpha=1.0)
+    table = bench_sparse.torch_table(case)
+    assert isinstance(table, torch.Tensor)
+    np.testing.assert_array_equal(table.numpy(), case.weight)
+    assert table.data_ptr() != case.weight.ctypes.data
+    if thp_mode() == "madvise":
+        assert anon_huge_kb(table.data_ptr(), case.weight.nbytes) == 0

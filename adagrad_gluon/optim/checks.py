@@ -45,17 +45,23 @@ def checked_arrays(cache: dict, index, weight: nd.NDArray, grad: nd.NDArray, sta
     """Check one parameter's arrays (``state``: the accumulator, or ``(master, accumulator)``)
     and return them as a :class:`Checked`. The checks run again only when the arrays are other
     objects than those ``cache`` holds for ``(index, rowwise)`` (an NDArray's shape, dtype and
-    storage type cannot change): they cost ~10 us a parameter. A row_sparse gradient's rows
-    change every step: :func:`check_rows` is the caller's (it costs a host sync).
+    storage type cannot change): they cost ~10 us a parameter; a new gradient of the arrays
+    last checked (as a parameter server hands over, or a caller cycling gradient arrays) gets
+    only its own checks (:func:`check_gradient`, ~4 us). A row_sparse gradient's rows change
+    every step: :func:`check_rows` is the caller's (it costs a host sync).
     ``name_of(index)`` names it in messages; ``rowwise``: the accumulator is ``(rows,)`` (see
     :func:`accumulator_shape`)."""
     master, acc = split_state(state)
     known = cache.get((index, rowwise))  # rowwise changes what the accumulator's shape must be
-    if known is None or not (known.weight is weight and known.grad is grad
-                             and known.acc is acc and known.master is master):
+    if known is not None and known.weight is weight and known.acc is acc \
+            and known.master is master:
+        if known.grad is grad:
+            return known
+        check_gradient(name_of(index), weight, grad)
+    else:
         check_arrays(name_of(index), weight, grad, acc, master, rowwise=rowwise)
-        known = Checked(weight, grad, acc, master, grad.stype == "row_sparse")
-        cache[(index, rowwise)] = known
+    known = cache[(index, rowwise)] = Checked(weight, grad, acc, master,
+                                              grad.stype == "row_sparse")
     return known
 
 
@@ -103,14 +109,15 @@ def check_kvstore_row_sparse(name: str, weight: nd.NDArray, grad, acc, master, *
                        accumulator_shape(name, weight.shape, rowwise), weight)
 
 
-def check_storage(name: str, weight, grad) -> None:
-    """Refuse a weight that is not dense, or a gradient neither dense nor row_sparse."""
-    check_dense_weight(name, weight)
+def check_gradient(name: str, weight, grad) -> None:
+    """Refuse a gradient that is not a dense or row_sparse NDArray of its (checked) weight's
+    shape and dtype."""
     if not isinstance(grad, nd.NDArray):
         raise TypeError(f"gradient of parameter {name} must be an NDArray, got {type(grad)}")
     if grad.stype not in ("default", "row_sparse"):
         raise TypeError(f"parameter {name}: adagrad_scratch takes dense or row_sparse "
                         f"gradients; got a {grad.stype} gradient")
+    check_gradient_matches(name, weight, grad)
 
 
 def accumulator_shape(name: str, weight_shape: tuple, rowwise: bool) -> tuple:
@@ -128,8 +135,8 @@ def accumulator_shape(name: str, weight_shape: tuple, rowwise: bool) -> tuple:
 def check_arrays(name: str, weight, grad, acc, master, *, rowwise: bool = False) -> None:
     """Refuse mismatched shapes or types instead of letting MXNet broadcast them (the
     accumulator's shape as :func:`accumulator_shape` gives it)."""
-    check_storage(name, weight, grad)
-    check_gradient_matches(name, weight, grad)
+    check_dense_weight(name, weight)
+    check_gradient(name, weight, grad)
     acc_shape = accumulator_shape(name, weight.shape, rowwise)
     for what, array, dtype, shape in (
             ("accumulator", acc, accumulator_dtype(weight.dtype), acc_shape),

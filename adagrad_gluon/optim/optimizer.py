@@ -18,8 +18,9 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_flag, check_number
-from . import kernels, lazy_decay
+from . import kernels, lazy_decay, pages
 from .checks import (
+    Checked,
     State,
     accumulator_dtype,
     accumulator_shape,
@@ -176,6 +177,17 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         (its lazy update gathers the accumulator's rows); ``row_sparse`` gradients of dense
         weights and their lazy weight decay work as with float32 (see
         :mod:`~adagrad_gluon.optim.quantized`).
+    huge_pages : bool or None, default None
+        Whether a table that ``row_sparse`` gradients update is backed by transparent huge
+        pages (2 MiB; :mod:`adagrad_gluon.optim.pages`): at its first such update (and again
+        for new arrays), its weight, accumulator and master copy get ``madvise(MADV_HUGEPAGE)``
+        and ``MADV_COLLAPSE``, once, so the scattered rows of each step miss the TLB far less
+        (the collapse copies the arrays: a few hundred ms per 256 MB, once). ``None``: tables
+        of at least 64 MiB (:data:`~adagrad_gluon.optim.pages.LARGE_TABLE_BYTES`). ``True``:
+        every such table (only whole 2 MiB pages inside an array are advised). ``False``:
+        never. Linux, CPU arrays and transparent huge pages other than ``never`` only. Advice
+        only: the update is bit for bit the same either way, and a failing ``madvise`` is
+        ignored. Dense gradients stream through memory and are never advised.
     **kwargs
         Everything :class:`mxnet.optimizer.Optimizer` takes: ``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``begin_num_update``, ...
@@ -196,6 +208,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         nonfinite: str = "propagate",
         host_row_check: bool | None = None,
         state_bits: int = 32,
+        huge_pages: bool | None = None,
         **kwargs,
     ):
         kwargs = optimizer_kwargs(check_compat(compat), {"learning_rate": learning_rate, **kwargs})
@@ -216,6 +229,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self.nonfinite_skipped: dict = {}  # index -> unsafe updates skipped
         self.host_row_check = (None if host_row_check is None
                                else check_flag("host_row_check", host_row_check))
+        self.huge_pages = None if huge_pages is None else check_flag("huge_pages", huge_pages)
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
@@ -225,6 +239,9 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
         self._rows_known_good = None  # see update_known_rows
+        # huge_pages: the arrays advised, per (index, context), and the last seen per index
+        self._paged: dict = {}
+        self._paged_last: dict = {}
 
     @property
     def options(self) -> AdagradOptions:
@@ -369,32 +386,51 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         options of the key's last call runs the fused update prepared then
         (:func:`~.kernels.prepare`), without checking the arrays again (an NDArray's shape,
         dtype and storage type cannot change), unless a non-finite policy or lazy weight decay
-        needs the whole path; the rates are computed and counted as that path does."""
+        needs the whole path; the rates are computed and counted as that path does. A
+        row_sparse gradient (its rows change every call) is prepared once a call hands the
+        same gradient object as the key's last one (``gluon.Trainer`` hands a parameter's own
+        gradient, a parameter server a new one per push), and its rows are still checked on
+        the host as ``host_row_check`` says."""
         plain = self.nonfinite == "propagate" and not self._row_decay
         known = self._prepared_keys.get(index) if plain else None
-        if (known is not None and known.weight is weight and known.grad is grad
-                and known.state is state and known.options is self.options):
+        if (known is not None and known.grad is grad and known.update is not None
+                and known.weight is weight and known.state is state
+                and known.options is self.options):
             wd = flush_subnormal(self._get_wds([index])[0])
             _check_no_decay(self.compat, wd)
-            known.update(self._count_and_lrs([index])[0], wd)
-            return
+            if not known.checked.row_sparse:
+                known.update(self._count_and_lrs([index])[0], wd)
+                return
+            if not wd:  # (else lazy weight decay begins: the whole path, below)
+                self._check_rows_on_host([index], [known.checked])
+                self._advise_huge_pages([index], [known.checked])
+                known.update(self._count_and_lrs([index])[0], wd)
+                return
         self._update_lists([index], [weight], [grad], [state])
         if plain:
-            self._prepared_keys[index] = self._prepared_key(weight, grad, state)
+            self._prepared_keys[index] = self._prepared_key(index, weight, grad, state, known)
 
-    def _prepared_key(self, weight, grad, state) -> _PreparedKey | None:
-        """What :meth:`_update_key` reuses for these (checked) arrays, or None: not the fused
-        kernels, a row_sparse weight or gradient, a list state (its items can change) or an
-        8-bit accumulator (its own operator)."""
-        if self.kernel != "fused" or isinstance(state, list) \
-                or is_row_sparse(weight) or is_row_sparse(grad):
+    def _prepared_key(self, index, weight, grad, state,
+                      last: _PreparedKey | None) -> _PreparedKey | None:
+        """What :meth:`_update_key` reuses for these arrays, just checked, or None: not the
+        fused kernels, a list state (its items can change), arrays the call did not check as
+        a dense weight's (a kvstore's row_sparse weight) or an 8-bit accumulator (its own
+        operator). A row_sparse gradient other than ``last``'s (the key's last call) is
+        remembered, not prepared (``update`` None)."""
+        if self.kernel != "fused" or isinstance(state, list):
             return None
         master, acc = split_state(state)
-        if isinstance(acc, QuantizedAcc):
-            return None
         options = self.options
-        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, False), options)
-        return None if update is None else _PreparedKey(weight, grad, state, options, update)
+        checked = self._checked.get((index, options.rowwise))
+        if checked is None or isinstance(acc, QuantizedAcc) or not _same_objects(
+                checked, (weight, grad, acc, master)):
+            return None
+        if checked.row_sparse and (last is None or last.grad is not grad):
+            return _PreparedKey(weight, grad, state, options, None, checked)
+        update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, checked.row_sparse),
+                                 options)
+        return None if update is None else _PreparedKey(weight, grad, state, options, update,
+                                                        checked)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list | None:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -417,6 +453,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         checked = [checked_arrays(self._checked, *args, self._name, **check_options)
                    for args in zip(indices, weights, grads, states, strict=True)]
         self._check_rows_on_host(indices, checked)
+        self._advise_huge_pages(indices, checked)
         if cached and not any(c.row_sparse for c in checked) \
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
             if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
@@ -437,7 +474,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             return False
         if self.host_row_check or not self._kernel_checks_rows(arrays) \
                 or self._get_wd(index) != 0 \
-                or (index, arrays.weight.context.device_id) in self._row_decay:
+                or (self._row_decay  # reading the context costs ~2 us: only if needed
+                    and (index, arrays.weight.context.device_id) in self._row_decay):
             return True  # asked for, or the rows are read before (or without) the kernel's check
         if self.host_row_check is None:
             return not _own_gradient(self.param_dict.get(index), arrays.grad)
@@ -452,6 +490,23 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             self.update_multi_precision(index, weight, grad, state)
         finally:
             self._rows_known_good = None
+
+    def _advise_huge_pages(self, indices, checked: list) -> None:
+        """Back the arrays of each parameter a row_sparse gradient updates by huge pages, as
+        ``huge_pages`` says (:func:`~.pages.advise`), once per weight and device: the arrays
+        last seen for an index cost an identity test; others (new arrays, or another device's
+        copy under a Trainer with several contexts) are looked up per context."""
+        if self.huge_pages is False:
+            return
+        for index, arrays in zip(indices, checked, strict=True):
+            tables = (arrays.weight, arrays.acc, arrays.master)
+            if arrays.row_sparse and not _same_objects(self._paged_last.get(index), tables):
+                self._paged_last[index] = tables
+                key = (index, arrays.weight.context)
+                if not _same_objects(self._paged.get(key), tables):
+                    self._paged[key] = tables
+                    if self.huge_pages or pages.nbytes(arrays.weight) >= pages.LARGE_TABLE_BYTES:
+                        pages.advise(_memory_arrays(tables))
 
     def _kernel_checks_rows(self, arrays) -> bool:
         """Whether these arrays' update is the fused row_sparse operator, which checks the rows
@@ -491,7 +546,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
         for name in ("_steps", "_options", "_option_values", "_checked_calls",
-                     "_prepared_keys", "_rows_known_good"):
+                     "_prepared_keys", "_rows_known_good", "_paged", "_paged_last"):
             state.pop(name, None)
         return state
 
@@ -507,10 +562,12 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self._options, self._option_values = None, None
         self._checked_calls = {}
         self._prepared_keys = {}
+        self._paged, self._paged_last = {}, {}
         self._step_updated = set()
         self._rows_known_good = None
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         vars(self).setdefault("host_row_check", None)  # pickled before it existed
+        vars(self).setdefault("huge_pages", None)  # the same
         self._use_kernel(kernels.resolve_kernel(self.kernel_choice))
 
     def _name(self, index) -> str:
@@ -530,13 +587,28 @@ def _own_gradient(param, grad: nd.NDArray) -> bool:
 
 
 class _PreparedKey(NamedTuple):
-    """A per-key call's arrays and options, and the fused update prepared for them."""
+    """A per-key call's arrays and options, the fused update prepared for them (None: a
+    row_sparse gradient seen once) and the arrays as :class:`~.checks.Checked`."""
 
     weight: nd.NDArray
     grad: nd.NDArray
     state: State
     options: AdagradOptions
-    update: kernels.PreparedUpdate
+    update: kernels.PreparedUpdate | None
+    checked: Checked
+
+
+def _same_objects(known: tuple | None, arrays: tuple) -> bool:
+    """Whether ``known`` starts with the very objects of ``arrays``."""
+    return known is not None and all(a is b for a, b in zip(known, arrays, strict=False))
+
+
+def _memory_arrays(tables: tuple) -> list[nd.NDArray]:
+    """The NDArrays holding a parameter's ``(weight, accumulator, master or None)``: an
+    8-bit accumulator's codes (its scales are 1/1024 of them)."""
+    weight, acc, master = tables
+    acc = acc.codes if isinstance(acc, QuantizedAcc) else acc
+    return [array for array in (weight, acc, master) if array is not None]
 
 
 def _check_no_decay(compat: str, wd: float) -> None:

@@ -344,9 +344,10 @@ class PreparedUpdate:
 
 
 def prepare(step: Step, options: AdagradOptions) -> PreparedUpdate | None:
-    """The update :func:`fused_steps` runs for ``[step]`` alone with ``options``, prepared;
-    None for a row_sparse gradient (its rows change every call) or the reference path."""
-    operator = None if step.row_sparse else _single_operator(step, options)
+    """The update :func:`fused_steps` runs for ``[step]`` alone with ``options``, prepared
+    (a row_sparse gradient's rows are read when it runs: the same array may hold other rows
+    at each call); None for the reference path."""
+    operator = _single_operator(step, options)
     return None if operator is None else PreparedUpdate(operator, step, options)
 
 
