@@ -151,18 +151,23 @@ def test_paths_whose_row_updates_do_not_check_rows_always_check_on_the_host(opti
     np.testing.assert_array_equal(weight.asnumpy(), 1.0)
 
 
+OPTIONAL_FLAGS = ("host_row_check", "huge_pages")  # bool or None (None: the automatic choice)
+
+
+@pytest.mark.parametrize("option", OPTIONAL_FLAGS)
 @pytest.mark.parametrize("value", [1, "yes", 0.0])
-def test_host_row_check_must_be_a_bool_or_none(value):
-    with pytest.raises(TypeError, match="host_row_check must be True or False"):
-        AdagradScratch(host_row_check=value)
+def test_optional_flags_must_be_a_bool_or_none(option, value):
+    with pytest.raises(TypeError, match=f"{option} must be True or False"):
+        AdagradScratch(**{option: value})
 
 
-def test_host_row_check_survives_pickling_and_old_pickles_default_to_none():
-    opt = pickle.loads(pickle.dumps(AdagradScratch(host_row_check=False)))
-    assert opt.host_row_check is False
+@pytest.mark.parametrize("option", OPTIONAL_FLAGS)
+def test_optional_flags_survive_pickling_and_old_pickles_default_to_none(option):
+    opt = pickle.loads(pickle.dumps(AdagradScratch(**{option: False})))
+    assert getattr(opt, option) is False
     old = AdagradScratch()
-    del old.host_row_check  # as pickled before the option existed
-    assert pickle.loads(pickle.dumps(old)).host_row_check is None
+    delattr(old, option)  # as pickled before the option existed
+    assert getattr(pickle.loads(pickle.dumps(old)), option) is None
 
 
 def test_a_master_copy_the_kernels_do_not_take_gets_its_rows_checked_on_the_host():

@@ -4,7 +4,6 @@ default; advice that never changes what an update computes."""
 
 import ctypes
 import errno
-import pickle
 
 import mxnet as mx
 import numpy as np
@@ -165,17 +164,3 @@ def test_nothing_is_advised_where_transparent_huge_pages_are_never(monkeypatch, 
 ])
 def test_only_whole_huge_pages_inside_an_array_are_advised(address, size, interior):
     assert pages.huge_page_interior(address, size) == interior
-
-
-@pytest.mark.parametrize("value", [1, "yes", 0.0])
-def test_huge_pages_must_be_a_bool_or_none(value):
-    with pytest.raises(TypeError, match="huge_pages must be True or False"):
-        AdagradScratch(huge_pages=value)
-
-
-def test_huge_pages_survives_pickling_and_old_pickles_default_to_none():
-    opt = pickle.loads(pickle.dumps(AdagradScratch(huge_pages=False)))
-    assert opt.huge_pages is False
-    old = AdagradScratch()
-    del old.huge_pages  # as pickled before the option existed
-    assert pickle.loads(pickle.dumps(old)).huge_pages is None
