@@ -164,3 +164,17 @@ def test_nothing_is_advised_where_transparent_huge_pages_are_never(monkeypatch, 
 ])
 def test_only_whole_huge_pages_inside_an_array_are_advised(address, size, interior):
     assert pages.huge_page_interior(address, size) == interior
+
+
+@needs_thp
+def test_huge_pages_set_after_updates_takes_effect_and_no_array_is_held(calls):
+    """``huge_pages=True`` set on an optimizer that has already updated a small table advises
+    it at the next update; what the optimizer remembers of advised arrays keeps none alive."""
+    table = 4 * pages.HUGE_PAGE // (4 * WIDTH)  # 8 MiB: below the default threshold
+    opt, weight, state = _run(table, steps=1)
+    assert calls == []
+    opt.huge_pages = True
+    opt.update(0, weight, _row_sparse(_rows(table, 1), table, 1), state)
+    assert _advised(calls, weight) == {pages.MADV_HUGEPAGE, pages.MADV_COLLAPSE}
+    remembered = [*opt._paged.values(), *opt._paged_last.values()]
+    assert remembered and not any(isinstance(x, nd.NDArray) for v in remembered for x in v)

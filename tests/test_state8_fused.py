@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from mxnet import nd
 
+from adagrad_gluon.optim import kernels
 from adagrad_gluon.optim import quantized as q
 from adagrad_gluon.optim.functional import Step
 from adagrad_gluon.optim.options import AdagradOptions
@@ -75,9 +76,19 @@ def test_fused_8bit_pass_is_bit_identical_at_the_edges_for_every_option(mode, pl
         _assert_bit_identical(options, wd, arrays)
 
 
-def test_fused_8bit_pass_is_bit_identical_across_threads_and_pieces():
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_fused_8bit_pass_is_bit_identical_across_threads_and_pieces(threads):
     # 820 whole blocks and a partial one: several threads, pieces of 128 blocks each, every
     # piece's last block requantized after its loop
+    previous = kernels.num_threads()
+    kernels.set_num_threads(threads)
+    try:
+        _threads_and_pieces()
+    finally:
+        kernels.set_num_threads(previous)
+
+
+def _threads_and_pieces() -> None:
     rng = np.random.default_rng(11)
     size = 820 * 256 + 80
     acc = (rng.random(size) ** 4 * 3).astype(np.float32)
@@ -86,3 +97,18 @@ def test_fused_8bit_pass_is_bit_identical_across_threads_and_pieces():
     weight = rng.standard_normal(size).astype(np.float32)
     options = AdagradOptions(weight_decay_mode="decoupled", eps=1e-8)
     _assert_bit_identical(options, 0.01, (acc, grad, weight))
+
+
+@pytest.mark.parametrize("mode", ["step", "decoupled"])
+def test_maximize_keeps_the_sign_of_a_nan_gradient_in_the_block_scale(mode):
+    """maximize negates the gradient; a NaN one keeps its sign, as the reference's does, so a
+    block whose accumulator becomes NaN gets the reference's NaN scale, bit for bit (a flipped
+    sign once spread to the whole block's weights in the next steps)."""
+    options = AdagradOptions(weight_decay_mode=mode, maximize=True)
+    acc, grad, weight = _edge_blocks(np.random.default_rng(3))
+    block = slice(7 * 256, 8 * 256)  # NaN and infinite gradients
+    arrays = (acc[block], grad[block], weight[block])
+    reference, fused = (_steps(path, options, 0.0, arrays) for path in (False, True))
+    np.testing.assert_array_equal(fused[2].view(np.uint32), reference[2].view(np.uint32))
+    for a, b in zip(reference, fused, strict=True):
+        np.testing.assert_array_equal(a, b)

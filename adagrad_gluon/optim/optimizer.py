@@ -495,16 +495,19 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         """Back the arrays of each parameter a row_sparse gradient updates by huge pages, as
         ``huge_pages`` says (:func:`~.pages.advise`), once per weight and device: the arrays
         last seen for an index cost an identity test; others (new arrays, or another device's
-        copy under a Trainer with several contexts) are looked up per context."""
+        copy under a Trainer with several contexts) are looked up per context. Both remember
+        the arrays by id with the setting, holding no array alive (an array whose id a freed
+        one had may go unadvised: advice only)."""
         if self.huge_pages is False:
             return
         for index, arrays in zip(indices, checked, strict=True):
             tables = (arrays.weight, arrays.acc, arrays.master)
-            if arrays.row_sparse and not _same_objects(self._paged_last.get(index), tables):
-                self._paged_last[index] = tables
+            seen = (self.huge_pages, *map(id, tables))
+            if arrays.row_sparse and self._paged_last.get(index) != seen:
+                self._paged_last[index] = seen
                 key = (index, arrays.weight.context)
-                if not _same_objects(self._paged.get(key), tables):
-                    self._paged[key] = tables
+                if self._paged.get(key) != seen:
+                    self._paged[key] = seen
                     if self.huge_pages or pages.nbytes(arrays.weight) >= pages.LARGE_TABLE_BYTES:
                         pages.advise(_memory_arrays(tables))
 

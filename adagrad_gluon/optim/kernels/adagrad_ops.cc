@@ -1336,7 +1336,11 @@ inline __m512 step16(float* w, const float* grad, __m512 s, const StepLanes& c) 
                            c.hi);
   }
   if (!kPlain && c.maximize) {
-    g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), c.sign));  // -g
+    // -g, a NaN left as it is: step's -g is folded into the operations that follow it
+    // (-g * -g is g * g), so its NaNs keep their sign
+    const __mmask16 ordered = _mm512_cmp_ps_mask(g, g, _CMP_ORD_Q);
+    g = _mm512_castsi512_ps(
+        _mm512_mask_xor_epi32(_mm512_castps_si512(g), ordered, _mm512_castps_si512(g), c.sign));
   }
   const __m512 old = _mm512_loadu_ps(w);
   if constexpr (kDecay == Decay::kL2) g = _mm512_add_ps(g, _mm512_mul_ps(old, c.wd));
