@@ -327,7 +327,6 @@ def replaced_arrays(params, data_lists, grad_lists) -> list[bool]:
             for p, d, g in zip(params, data_lists, grad_lists, strict=True)]
 
 
-
 def fresh_gradients(arrays) -> list[bool]:
     """Whether ``backward`` wrote each array's gradient since it was last marked stale (the
     state ``gluon.Trainer`` checks), read through MXNet's C API: ~0.3 us an array."""

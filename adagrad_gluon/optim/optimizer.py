@@ -51,6 +51,7 @@ REGISTERED_NAME = "adagrad_scratch"
 # clip_gradient are MXNet's own): plain ones, so that pickles and vars() keep their shape
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AdagradOptions))
 _option_values = operator.attrgetter(*OPTION_FIELDS)  # one tuple of them, in one C call
+_CACHES = ("_checked_calls", "_prepared_keys", "_paged", "_paged_last")  # see _new_caches
 
 
 class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
@@ -233,15 +234,19 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         self.kernel_choice = kernels.check_kernel(kernel)  # as asked; ``kernel``: as resolved
         self._use_kernel(kernels.resolve_kernel(kernel))
         self._checked: dict = {}  # (index, rowwise) -> the arrays last checked (checks.Checked)
-        self._checked_calls: dict = {}  # (indices, context) -> (key, its Checked, states)
-        self._prepared_keys: dict = {}  # index -> _PreparedKey (per-key calls, fused kernels)
         # nonfinite='raise': (index, context) updated so far in the Trainer's current step
         self._step_updated: set = set()
         self._row_decay: dict = {}  # (index, device id) -> RowDecay (lazy weight decay)
-        self._rows_known_good = None  # see update_known_rows
-        # huge_pages: the arrays advised, per (index, context), and the last seen per index
-        self._paged: dict = {}
-        self._paged_last: dict = {}
+        self._new_caches()
+
+    def _new_caches(self) -> None:
+        """The caches of this process (never pickled, made anew when unpickled): list calls'
+        checked arrays ((indices, context) -> (key, its Checked, states)), per-key prepared
+        updates (index -> _PreparedKey), the arrays advised onto huge pages (per (index,
+        context), and the last seen per index), and the gradient of update_known_rows."""
+        for name in _CACHES:
+            setattr(self, name, {})
+        self._rows_known_good = None
 
     @property
     def options(self) -> AdagradOptions:
@@ -402,8 +407,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
                 known.update(self._count_and_lrs([index])[0], wd)
                 return
             if not wd:  # (else lazy weight decay begins: the whole path, below)
-                self._check_rows_on_host([index], [known.checked])
-                self._advise_huge_pages([index], [known.checked])
+                self._row_sparse_upkeep([index], [known.checked])
                 known.update(self._count_and_lrs([index])[0], wd)
                 return
         self._update_lists([index], [weight], [grad], [state])
@@ -452,8 +456,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             return None
         checked = [checked_arrays(self._checked, *args, self._name, **check_options)
                    for args in zip(indices, weights, grads, states, strict=True)]
-        self._check_rows_on_host(indices, checked)
-        self._advise_huge_pages(indices, checked)
+        self._row_sparse_upkeep(indices, checked)
         if cached and not any(c.row_sparse for c in checked) \
                 and not any(isinstance(s, list) for s in states):  # a list's items can change
             if len(self._checked_calls) >= 16:  # the Trainer makes one call per dtype
@@ -461,11 +464,15 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             self._checked_calls[slot] = (key, checked, list(states))
         return checked
 
-    def _check_rows_on_host(self, indices, checked: list) -> None:
-        """:func:`~.checks.check_rows` of each row_sparse gradient, as ``host_row_check`` asks."""
+    def _row_sparse_upkeep(self, indices, checked: list) -> None:
+        """What each call with row_sparse gradients needs beyond the arrays' checks, whether
+        they were checked now or before: their rows checked on the host
+        (:func:`~.checks.check_rows`, as ``host_row_check`` asks) and their tables advised
+        onto huge pages."""
         for index, arrays in zip(indices, checked, strict=True):
             if arrays.row_sparse and self._rows_need_host_check(index, arrays):
                 check_rows(self._name(index), arrays.grad, arrays.weight)
+        self._advise_huge_pages(indices, checked)
 
     def _rows_need_host_check(self, index, arrays) -> bool:
         """Whether a row_sparse gradient's rows are checked on the host (see
@@ -548,8 +555,7 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         chosen update function (chosen again on loading)."""
         state = super().__getstate__()
         state["_checked"] = {}  # array references, not worth pickling
-        for name in ("_steps", "_options", "_option_values", "_checked_calls",
-                     "_prepared_keys", "_rows_known_good", "_paged", "_paged_last"):
+        for name in ("_steps", "_options", "_option_values", "_rows_known_good", *_CACHES):
             state.pop(name, None)
         return state
 
@@ -563,11 +569,8 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             vars(self).setdefault(field.name, field.default)
         vars(self).setdefault("state_bits", 32)  # pickled before state_bits existed
         self._options, self._option_values = None, None
-        self._checked_calls = {}
-        self._prepared_keys = {}
-        self._paged, self._paged_last = {}, {}
+        self._new_caches()
         self._step_updated = set()
-        self._rows_known_good = None
         vars(self).setdefault("_row_decay", {})  # pickled before lazy weight decay
         vars(self).setdefault("host_row_check", None)  # pickled before it existed
         vars(self).setdefault("huge_pages", None)  # the same

@@ -44,7 +44,6 @@ hands these steps to the reference, which dequantizes the whole tensor).
 
 from __future__ import annotations
 
-from array import array as typed_array
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -288,11 +287,8 @@ def fused_quantized_steps(steps: Sequence[Step], options: AdagradOptions) -> Non
         arrays = [array for s in group for array in
                   (s.weight, s.grad, s.acc.codes, s.acc.scales)
                   + ((s.master,) if with_masters else ())]
-        nd.adagrad_gluon_q8_update(
-            *arrays, num_tensors=str(len(group)),
-            lrs=kernels._joined(typed_array("d", [s.lr for s in group]).tobytes()),
-            wds=kernels._joined(typed_array("d", [s.wd for s in group]).tobytes()),
-            **kernels._attrs(options, with_masters))
+        nd.adagrad_gluon_q8_update(*arrays, **kernels.multi_attributes(group, options,
+                                                                      with_masters))
 
 
 def run_steps(run: Callable[[Sequence[Step], AdagradOptions], None], steps: Sequence[Step],

@@ -353,12 +353,18 @@ def prepare(step: Step, options: AdagradOptions) -> PreparedUpdate | None:
 
 def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool) -> None:
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
-    _op("adagrad_gluon_multi_update")(
-        *[array for step in steps for array in _arrays(step)], num_tensors=str(len(steps)),
-        lrs=_joined(typed_array("d", [step.lr for step in steps]).tobytes()),
-        wds=_joined(typed_array("d", [step.wd for step in steps]).tobytes()),
-        **_attrs(options, with_masters),
-    )
+    _op("adagrad_gluon_multi_update")(*[array for step in steps for array in _arrays(step)],
+                                      **multi_attributes(steps, options, with_masters))
+
+
+def multi_attributes(steps: Sequence[Step], options: AdagradOptions,
+                     with_masters: bool) -> dict[str, str]:
+    """The attributes of a multi-tensor operator (the float32 one, or the 8-bit one) for
+    ``steps``: their count, rates, weight decays and the shared options."""
+    return {"num_tensors": str(len(steps)),
+            "lrs": _joined(typed_array("d", [step.lr for step in steps]).tobytes()),
+            "wds": _joined(typed_array("d", [step.wd for step in steps]).tobytes()),
+            **_attrs(options, with_masters)}
 
 
 @functools.lru_cache(maxsize=16)  # a Trainer's rates rarely change from one step to the next
