@@ -94,14 +94,20 @@ def test_bad_rows_written_into_a_trainers_gradient_are_refused_by_the_kernel(row
     np.testing.assert_array_equal(trainer._updaters[0].states[0].asnumpy(), acc)
 
 
-def test_host_row_check_true_refuses_a_trainers_bad_gradient_at_the_step():
-    embedding, trainer, param = _embedding_trainer(host_row_check=True)
+def _assert_a_bad_gradient_is_refused_at_the_step(rows, **options) -> None:
+    """A Trainer's own gradient with ``rows`` written by hand: a ValueError at the step (the
+    host's check), the weight untouched."""
+    embedding, trainer, param = _embedding_trainer(**options)
     _train(embedding, trainer, steps=1)
     weight = param.data().asnumpy()
-    _write_gradient(param, _row_sparse([5, 2]))
+    _write_gradient(param, _row_sparse(rows))
     with pytest.raises(ValueError, match=HOST_REFUSAL):
         trainer.step(1)
     np.testing.assert_array_equal(param.data().asnumpy(), weight)
+
+
+def test_host_row_check_true_refuses_a_trainers_bad_gradient_at_the_step():
+    _assert_a_bad_gradient_is_refused_at_the_step([5, 2], host_row_check=True)
 
 
 @pytest.mark.parametrize("check", [None, True])
@@ -203,10 +209,4 @@ def test_rows_that_pending_weight_decay_reads_are_checked_on_the_host(check):
 def test_a_trainers_own_gradient_with_weight_decay_is_checked_on_the_host():
     """Under weight decay the rows are gathered before the kernel runs: a Trainer's own
     gradient with rows written by hand is refused at the step, nothing written."""
-    embedding, trainer, param = _embedding_trainer(wd=0.01, weight_decay_mode="decoupled")
-    _train(embedding, trainer, steps=1)
-    weight = param.data().asnumpy()
-    _write_gradient(param, _row_sparse([2, 2]))
-    with pytest.raises(ValueError, match=HOST_REFUSAL):
-        trainer.step(1)
-    np.testing.assert_array_equal(param.data().asnumpy(), weight)
+    _assert_a_bad_gradient_is_refused_at_the_step([2, 2], wd=0.01, weight_decay_mode="decoupled")
