@@ -64,7 +64,7 @@ class FlatParameters:
         self.members = members
         self.flat = flat
         self.params = {flat.name: flat}
-        self._weights = weights  # the members' weights: views of the flat parameter's
+        # the members' weights (views of the flat parameter's): their gradient states
         self._grad_states = _gluon.GradStates(weights)
         # members that tell of their changes (_gluon.watch_changes) are checked after one
         # only; a subclass of gluon.Parameter in every step
