@@ -11,7 +11,7 @@ import pytest
 from mxnet import autograd, gluon, nd
 
 from adagrad_gluon import AdagradScratch, kernels
-from adagrad_gluon.optim import optimizer as optimizer_module
+from adagrad_gluon.optim import sparse_grads
 
 KERNEL_REFUSAL = r"row indices must be strictly increasing \(sorted, no repeats\) and within"
 HOST_REFUSAL = r"row_sparse gradient's row indices must be strictly increasing"
@@ -26,13 +26,13 @@ def library():
 def host_checks(monkeypatch) -> list:
     """The names of the parameters whose rows the optimizer checks on the host."""
     seen = []
-    check = optimizer_module.check_rows
+    check = sparse_grads.check_rows
 
     def counted(name, grad, weight):
         seen.append(name)
         check(name, grad, weight)
 
-    monkeypatch.setattr(optimizer_module, "check_rows", counted)
+    monkeypatch.setattr(sparse_grads, "check_rows", counted)
     return seen
 
 

@@ -109,8 +109,7 @@ def test_server_update_of_a_shard_touches_the_gradients_rows_only():
 def test_server_update_copies_the_gradients_rows_to_the_host_once(monkeypatch, options):
     """The pushed rows are checked on the host; the gathered rows numbered 0..n-1 are not
     checked again (a second host sync per server step)."""
-    from adagrad_gluon.optim import checks
-    from adagrad_gluon.optim import optimizer as optimizer_module
+    from adagrad_gluon.optim import checks, sparse_grads
     calls = []
     original = checks.check_rows
 
@@ -119,7 +118,7 @@ def test_server_update_copies_the_gradients_rows_to_the_host_once(monkeypatch, o
         return original(name, grad, weight)
 
     monkeypatch.setattr(checks, "check_rows", counting)
-    monkeypatch.setattr(optimizer_module, "check_rows", counting)
+    monkeypatch.setattr(sparse_grads, "check_rows", counting)
     start = np.ones((ROWS, DIM), np.float32)
     weight = shard(start)
     optimizer = AdagradScratch(learning_rate=0.1, **options)

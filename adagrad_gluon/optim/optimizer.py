@@ -3,7 +3,8 @@
 Its jobs are MXNet's protocol only: resolve the options (:mod:`.options`), create the state,
 and turn each update call into :class:`~.functional.Step` records for one call of the chosen
 path (:func:`~.functional.reference_steps` or :func:`~.kernels.fused_steps`), after the array
-checks (:mod:`.checks`) and the non-finite policy (:mod:`.nonfinite`).
+checks (:mod:`.checks`), a row_sparse gradient's upkeep (:mod:`.sparse_grads`) and the
+non-finite policy (:mod:`.nonfinite`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_choice, check_flag, check_number
-from . import kernels, lazy_decay, pages
+from . import kernels, lazy_decay
 from .checks import (
     Checked,
     State,
     accumulator_dtype,
     accumulator_shape,
     check_dense_weight,
-    check_rows,
     checked_arrays,
     split_state,
 )
@@ -41,6 +41,7 @@ from .options import (
     resolve,
 )
 from .quantized import ROWWISE_REFUSAL, QuantizedAcc, check_state_bits, dense, run_steps
+from .sparse_grads import RowSparseUpkeep
 from .sparse_weights import is_row_sparse, update_kvstore_row_sparse
 
 __all__ = ["AdagradScratch", "NonFiniteGradientError", "accumulator_dtype", "register",
@@ -54,7 +55,7 @@ _option_values = operator.attrgetter(*OPTION_FIELDS)  # one tuple of them, in on
 _CACHES = ("_checked_calls", "_prepared_keys", "_paged", "_paged_last")  # see _new_caches
 
 
-class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
+class AdagradScratch(LazyDecayMixin, RowSparseUpkeep, mx.optimizer.Optimizer):
     r"""Adagrad (Duchi, Hazan and Singer, JMLR 2011), written from scratch for MXNet Gluon.
 
     Use it by name: ``gluon.Trainer(params, 'adagrad_scratch', {'learning_rate': 0.1})`` or
@@ -464,68 +465,6 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
             self._checked_calls[slot] = (key, checked, list(states))
         return checked
 
-    def _row_sparse_upkeep(self, indices, checked: list) -> None:
-        """What each call with row_sparse gradients needs beyond the arrays' checks, whether
-        they were checked now or before: their rows checked on the host
-        (:func:`~.checks.check_rows`, as ``host_row_check`` asks) and their tables advised
-        onto huge pages."""
-        for index, arrays in zip(indices, checked, strict=True):
-            if arrays.row_sparse and self._rows_need_host_check(index, arrays):
-                check_rows(self._name(index), arrays.grad, arrays.weight)
-        self._advise_huge_pages(indices, checked)
-
-    def _rows_need_host_check(self, index, arrays) -> bool:
-        """Whether a row_sparse gradient's rows are checked on the host (see
-        ``host_row_check``); ``arrays``: the parameter's :class:`~.checks.Checked`."""
-        if arrays.grad is self._rows_known_good:
-            return False
-        if self.host_row_check or not self._kernel_checks_rows(arrays) \
-                or self._get_wd(index) != 0 \
-                or (self._row_decay  # reading the context costs ~2 us: only if needed
-                    and (index, arrays.weight.context.device_id) in self._row_decay):
-            return True  # asked for, or the rows are read before (or without) the kernel's check
-        if self.host_row_check is None:
-            return not _own_gradient(self.param_dict.get(index), arrays.grad)
-        return False
-
-    def update_known_rows(self, index, weight: nd.NDArray, grad: nd.NDArray, state) -> None:
-        """``update_multi_precision`` of a row_sparse ``grad`` whose rows are known to be
-        strictly increasing and in range (a kvstore's gathered rows, numbered 0 to n - 1 by
-        :mod:`.sparse_weights`): they are not copied to the host again."""
-        self._rows_known_good = grad
-        try:
-            self.update_multi_precision(index, weight, grad, state)
-        finally:
-            self._rows_known_good = None
-
-    def _advise_huge_pages(self, indices, checked: list) -> None:
-        """Back the arrays of each parameter a row_sparse gradient updates by huge pages, as
-        ``huge_pages`` says (:func:`~.pages.advise`), once per weight and device: the arrays
-        last seen for an index cost an identity test; others (new arrays, or another device's
-        copy under a Trainer with several contexts) are looked up per context. Both remember
-        the arrays by id with the setting, holding no array alive (an array whose id a freed
-        one had may go unadvised: advice only)."""
-        if self.huge_pages is False:
-            return
-        for index, arrays in zip(indices, checked, strict=True):
-            tables = (arrays.weight, arrays.acc, arrays.master)
-            seen = (self.huge_pages, *map(id, tables))
-            if arrays.row_sparse and self._paged_last.get(index) != seen:
-                self._paged_last[index] = seen
-                key = (index, arrays.weight.context)
-                if self._paged.get(key) != seen:
-                    self._paged[key] = seen
-                    if self.huge_pages or pages.nbytes(arrays.weight) >= pages.LARGE_TABLE_BYTES:
-                        pages.advise(_memory_arrays(tables))
-
-    def _kernel_checks_rows(self, arrays) -> bool:
-        """Whether these arrays' update is the fused row_sparse operator, which checks the rows
-        before it writes: not the reference path, an 8-bit state (its rows go through the
-        reference) or a master copy the kernels do not take (the same)."""
-        return (self.kernel == "fused" and not isinstance(arrays.acc, QuantizedAcc)
-                and (arrays.master is None
-                     or kernels.supports(arrays.weight, arrays.acc, arrays.master)))
-
     @property
     def num_nonfinite_skipped(self) -> int:
         """How many parameter updates ``nonfinite='skip'`` has skipped so far."""
@@ -582,16 +521,6 @@ class AdagradScratch(LazyDecayMixin, mx.optimizer.Optimizer):
         return repr(param.name if param is not None else self.idx2name.get(index, index))
 
 
-def _own_gradient(param, grad: nd.NDArray) -> bool:
-    """Whether ``grad`` is one of ``param``'s own gradient arrays (``None``: no parameter)."""
-    if param is None or param.grad_req == "null":
-        return False
-    try:
-        return any(grad is own for own in param.list_grad())
-    except RuntimeError:  # not initialized (MXNetError is a RuntimeError too)
-        return False
-
-
 class _PreparedKey(NamedTuple):
     """A per-key call's arrays and options, the fused update prepared for them (None: a
     row_sparse gradient seen once) and the arrays as :class:`~.checks.Checked`."""
@@ -607,14 +536,6 @@ class _PreparedKey(NamedTuple):
 def _same_objects(known: tuple | None, arrays: tuple) -> bool:
     """Whether ``known`` starts with the very objects of ``arrays``."""
     return known is not None and all(a is b for a, b in zip(known, arrays, strict=False))
-
-
-def _memory_arrays(tables: tuple) -> list[nd.NDArray]:
-    """The NDArrays holding a parameter's ``(weight, accumulator, master or None)``: an
-    8-bit accumulator's codes (its scales are 1/1024 of them)."""
-    weight, acc, master = tables
-    acc = acc.codes if isinstance(acc, QuantizedAcc) else acc
-    return [array for array in (weight, acc, master) if array is not None]
 
 
 def _check_no_decay(compat: str, wd: float) -> None:
