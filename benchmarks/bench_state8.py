@@ -12,11 +12,11 @@ byte, plus a 4-byte scale per 256 elements), so a memory-bound step may be up to
 Two streaming loops with exactly that traffic and no arithmetic to speak of run in the same
 interleaved loop (``stream_bound.cc``, ``stream_bound8.cc``, built with the kernels' compiler
 and flags, on as many threads): each update's time as a fraction of its own bound's. For 1x10M
-and 1x50M both updates also step a 1x2M tensor that stays in the L3 cache, as many times as it
-takes to update as many elements: their arithmetic. A step is memory-bound only where its
-arithmetic takes well under its traffic bound; the float32 step's time over the larger of the
-two is the most the 8-bit step can gain on this machine, in this run. (The cached steps' time
-is less the fixed cost of all their calls but one, a 1x256 step's, timed in the same loop.)
+and 1x50M both updates also step tensors that stay in the L3 cache (see ``CACHED``), from
+which their arithmetic for the case is derived, fixed costs cancelled. A step is memory-bound
+only where its arithmetic takes well under its traffic bound; the float32 step's time over the
+larger of the two is the most the 8-bit step could gain in this run, given perfect overlap of
+arithmetic and memory traffic.
 
     python benchmarks/bench_state8.py [--repeats 7] [--cases 1x10M,1000x1k] [--threads N]
     python benchmarks/bench_state8.py --readme    # ... and write its table into README.md
@@ -59,15 +59,16 @@ BOUND32 = "streaming bound, float32 traffic (20 B/element)"
 BOUND8 = "streaming bound, 8-bit traffic (14 B/element)"
 BOUND8_SOURCE = Path(__file__).resolve().parent / "stream_bound8.cc"
 BOUNDS = {FLOAT32: BOUND32, EIGHT: BOUND8}  # each update's own bound
-# The same updates on a tensor whose arrays stay in the L3 cache (32 MB here; the 8-bit
-# step's 1x2M arrays take 18 MB, float32's 24 MB), stepped as many times as it takes to
-# update as many elements as the case, less the fixed cost of all those calls but one (a
-# 1x256 step's time): their arithmetic, with memory nearly out of the way.
-CACHED_SIZE = 2_000_000
-CACHED = {FLOAT32: "state_bits=32 arithmetic (cached 1x2M steps)",
-          EIGHT: "state_bits=8 arithmetic (cached 1x2M steps)"}
-CALL = {FLOAT32: "state_bits=32 on 1x256 (a call's fixed cost)",
-        EIGHT: "state_bits=8 on 1x256 (a call's fixed cost)"}
+# The same updates on tensors whose arrays stay in the L3 cache (32 MB here; 1x1M takes 12 MB
+# for float32, 9 MB for 8 bits): a 1x1M and a 1x250k tensor, each stepped as many times as it
+# takes the 1x1M one to update as many elements as the case. A call's fixed cost (Python,
+# MXNet, the thread team) is the same at both sizes, so the difference of the two times is the
+# arithmetic of 750k elements per call; scaled by 1M / 750k, that of the case's step.
+CACHED_SIZES = (1_000_000, 250_000)
+CACHED = {(name, n): f"{name.split(', ')[1]} on a cached 1x{n // 1000}k, as many calls"
+          for name in (FLOAT32, EIGHT) for n in CACHED_SIZES}
+ARITHMETIC = {FLOAT32: "state_bits=32 arithmetic (from the cached steps)",
+              EIGHT: "state_bits=8 arithmetic (from the cached steps)"}
 
 Step = Callable[[], None]
 Made = tuple[Step, Callable[[], int]]  # the step, and the accumulators' bytes after it ran
@@ -93,15 +94,20 @@ def scratch(state_bits: int) -> Callable[[int, int], Made]:
     return make
 
 
-def cached(state_bits: int) -> Callable[[int, int], Made]:
-    """The update of :func:`scratch` on one cache-resident tensor of ``CACHED_SIZE``
-    elements, stepped ``count * size / CACHED_SIZE`` times (see ``CACHED``)."""
+def cached_calls(count: int, size: int) -> int:
+    """How many steps of the larger cached tensor update as many elements as the case."""
+    return count * size // CACHED_SIZES[0]
+
+
+def cached(state_bits: int, elements: int) -> Callable[[int, int], Made]:
+    """The update of :func:`scratch` on one cache-resident tensor of ``elements``, stepped
+    :func:`cached_calls` times (see ``CACHED``)."""
     def make(count: int, size: int) -> Made:
-        step, _ = scratch(state_bits)(1, CACHED_SIZE)
-        times = count * size // CACHED_SIZE
+        step, _ = scratch(state_bits)(1, elements)
+        calls = cached_calls(count, size)
 
         def steps() -> None:
-            for _ in range(times):
+            for _ in range(calls):
                 step()
 
         return steps, lambda: 0
@@ -109,17 +115,12 @@ def cached(state_bits: int) -> Callable[[int, int], Made]:
     return make
 
 
-def one_call(state_bits: int) -> Callable[[int, int], Made]:
-    """The update of :func:`scratch` on a 1x256 tensor: the fixed cost of a call."""
-    return lambda count, size: (scratch(state_bits)(1, 256)[0], lambda: 0)
-
-
-def arithmetic(best: dict[str, float], count: int, size: int) -> dict[str, float]:
-    """``best`` with each ``CACHED`` entry's time less the fixed cost of all its calls but one
-    (the step of ``count`` x ``size`` elements makes one call too)."""
-    calls = count * size // CACHED_SIZE
-    return {**best, **{CACHED[name]: best[CACHED[name]] - (calls - 1) * best[CALL[name]]
-                       for name in CACHED}}
+def arithmetic(best: dict[str, float]) -> dict[str, float]:
+    """``best`` with each update's arithmetic for the case (see ``CACHED``): the difference of
+    its two cached runs, whose fixed costs cancel, scaled to the larger tensor's elements."""
+    large, small = CACHED_SIZES
+    return {**best, **{label: (best[CACHED[name, large]] - best[CACHED[name, small]])
+                       * large / (large - small) for name, label in ARITHMETIC.items()}}
 
 
 def build_bound8(directory: str) -> Callable:
@@ -212,9 +213,9 @@ def main(argv: list[str] | None = None) -> None:
               BOUND8: streaming8(build_bound8(directory.name), threads)}
     for case in args.cases.split(","):
         count, size = CASES[case]
-        large = count == 1 and size % CACHED_SIZE == 0
-        floors = ({CACHED[FLOAT32]: cached(32), CACHED[EIGHT]: cached(8),
-                   CALL[FLOAT32]: one_call(32), CALL[EIGHT]: one_call(8)} if large else {})
+        large = count == 1 and size % CACHED_SIZES[0] == 0
+        floors = ({label: cached(32 if name == FLOAT32 else 8, n)
+                   for (name, n), label in CACHED.items()} if large else {})
         made = {name: make(count, size) for name, make in
                 {FLOAT32: scratch(32), EIGHT: scratch(8), **extra, **bounds,
                  **floors}.items()}
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                         args.seconds)
         best = {name: min(t) for name, t in times.items()}
         if large:
-            best = arithmetic(best, count, size)
+            best = arithmetic(best)
         per_element = {name: state_bytes() / (count * size)
                        for name, (_, state_bytes) in made.items()}
         results[case] = (best, per_element)
@@ -241,30 +242,33 @@ def report(case: str, best: dict[str, float], per_element: dict[str, float],
     and the ratio to the 8-bit fused update (> 1: slower than it)."""
     print(f"\n{case} float32 elements, {threads} threads, min of interleaved repeats")
     for name, seconds in best.items():
-        state = ("" if name in [*BOUNDS.values(), *CACHED.values(), *CALL.values()]
+        if name in ARITHMETIC.values():
+            print(f"  {name:<48} {seconds * 1e3:9.3f} ms  (derived)")
+            continue
+        state = ("" if name in [*BOUNDS.values(), *CACHED.values()]
                  else f"{per_element[name]:6.3f} B/element  ")
         print(f"  {name:<48} {seconds * 1e3:9.3f} ms  {state}"
               f"{seconds / best[EIGHT]:5.2f}x the 8-bit step")
     print(f"  float32 / 8-bit fused: {best[FLOAT32] / best[EIGHT]:.2f}x; of its traffic bound: "
           + ", ".join(f"{name.split(', ')[1]} {best[bound] / best[name]:.0%}"
                       for name, bound in BOUNDS.items()))
-    if CACHED[EIGHT] in best:
-        print(f"  the 8-bit step's arithmetic {best[CACHED[EIGHT]] * 1e3:.3f} ms, its "
+    if ARITHMETIC[EIGHT] in best:
+        print(f"  the 8-bit step's arithmetic {best[ARITHMETIC[EIGHT]] * 1e3:.3f} ms, its "
               f"traffic bound {best[BOUND8] * 1e3:.3f} ms: the float32 step / the larger, "
               f"{most_gain(best):.2f}x, is the most the 8-bit step could gain in this run")
 
 
 def most_gain(best: dict[str, float]) -> float:
-    """The float32 step's time over the 8-bit step's floor: the larger of its arithmetic (on a
-    cached tensor) and its traffic bound."""
-    return best[FLOAT32] / max(best[CACHED[EIGHT]], best[BOUND8])
+    """The float32 step's time over the 8-bit step's floor: the larger of its arithmetic (from
+    the cached steps) and its traffic bound."""
+    return best[FLOAT32] / max(best[ARITHMETIC[EIGHT]], best[BOUND8])
 
 
 def readme_table(results: dict, notes: list[str]) -> str:
     """The README's table: per case, the 8-bit and float32 fused steps, their ratio, and the
     accumulator's bytes per element; bitsandbytes' step and bytes where it ran."""
     header = ["parameters", "`state_bits=32`", "`state_bits=8`", "float32 / 8-bit",
-              "of its traffic bound (32 / 8)", "arithmetic, on cached 1×2M (32 / 8)",
+              "of its traffic bound (32 / 8)", "arithmetic (32 / 8), from cached steps",
               "most 8-bit gain", "accumulator B/element (32 / 8)",
               "bitsandbytes `Adagrad8bit` (B/element)"]
     rows = []
@@ -274,9 +278,9 @@ def readme_table(results: dict, notes: list[str]) -> str:
                      f"{best[EIGHT] * 1e3:.2f} ms", f"{best[FLOAT32] / best[EIGHT]:.2f}×",
                      " / ".join(f"{best[bound] / best[name]:.0%}"
                                 for name, bound in BOUNDS.items()),
-                     " / ".join(f"{best[CACHED[name]] * 1e3:.2f} ms" for name in CACHED)
-                     if CACHED[EIGHT] in best else "n/a",
-                     f"{most_gain(best):.2f}×" if CACHED[EIGHT] in best else "n/a",
+                     " / ".join(f"{best[label] * 1e3:.2f} ms" for label in ARITHMETIC.values())
+                     if ARITHMETIC[EIGHT] in best else "n/a",
+                     f"{most_gain(best):.2f}×" if ARITHMETIC[EIGHT] in best else "n/a",
                      f"{per_element[FLOAT32]:.2f} / {per_element[EIGHT]:.3f}", bnb])
     return markdown_table(header, rows) + "".join(f"\n\n{note}." for note in notes)
 

@@ -47,13 +47,23 @@ def test_bench_update_writes_its_table_into_the_readme(tmp_path):
             "--seconds 0.001 --readme " in table)
 
 
-def test_bench_state8_floor_is_the_cached_steps_less_all_calls_fixed_cost_but_one():
+def test_bench_state8_arithmetic_cancels_the_fixed_cost_of_the_cached_calls():
     import bench_state8 as b
 
-    best = {b.FLOAT32: 4.0, b.EIGHT: 3.0, b.BOUND8: 2.5, b.CACHED[b.FLOAT32]: 3.0,
-            b.CACHED[b.EIGHT]: 3.4, b.CALL[b.FLOAT32]: 0.05, b.CALL[b.EIGHT]: 0.1}
-    floors = b.arithmetic(best, 1, 5 * b.CACHED_SIZE)  # five cached calls, one real call
-    assert floors[b.CACHED[b.FLOAT32]] == pytest.approx(3.0 - 4 * 0.05)
-    assert floors[b.CACHED[b.EIGHT]] == pytest.approx(3.4 - 4 * 0.1)
+    large, small = b.CACHED_SIZES
+    calls = b.cached_calls(1, 10 * large)  # as many elements as a 1x(10 large) case
+    assert calls == 10
+
+    def cached_time(fixed: float, per_element: float, elements: int) -> float:
+        return calls * (fixed + per_element * elements)
+
+    best = {b.FLOAT32: 4.0, b.EIGHT: 3.0, b.BOUND8: 2.5}
+    for name, fixed, per_element in ((b.FLOAT32, 5e-5, 2e-7), (b.EIGHT, 9e-5, 3e-7)):
+        for n in b.CACHED_SIZES:
+            best[b.CACHED[name, n]] = cached_time(fixed, per_element, n)
+    floors = b.arithmetic(best)
+    # the case's elements times the per-element cost, whatever each call's fixed cost
+    assert floors[b.ARITHMETIC[b.FLOAT32]] == pytest.approx(10 * large * 2e-7)
+    assert floors[b.ARITHMETIC[b.EIGHT]] == pytest.approx(10 * large * 3e-7)
     assert b.most_gain(floors) == pytest.approx(4.0 / 3.0)  # the arithmetic is the larger
     assert b.most_gain({**floors, b.BOUND8: 3.2}) == pytest.approx(4.0 / 3.2)  # the bound is
