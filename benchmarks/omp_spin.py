@@ -80,7 +80,11 @@ def run(policy: str | None, repeats: int, window: float) -> dict:
     if done.returncode != 0:
         sys.exit(f"the measuring process under OMP_WAIT_POLICY={policy or 'unset'} failed "
                  f"(exit {done.returncode}; its error is above)")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        sys.exit(f"the measuring process under OMP_WAIT_POLICY={policy or 'unset'} printed "
+                 "nothing")
+    return json.loads(lines[-1])
 
 
 def main(argv: list[str] | None = None) -> None:

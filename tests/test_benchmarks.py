@@ -65,5 +65,24 @@ def test_bench_state8_arithmetic_cancels_the_fixed_cost_of_the_cached_calls():
     # the case's elements times the per-element cost, whatever each call's fixed cost
     assert floors[b.ARITHMETIC[b.FLOAT32]] == pytest.approx(10 * large * 2e-7)
     assert floors[b.ARITHMETIC[b.EIGHT]] == pytest.approx(10 * large * 3e-7)
-    assert b.most_gain(floors) == pytest.approx(4.0 / 3.0)  # the arithmetic is the larger
-    assert b.most_gain({**floors, b.BOUND8: 3.2}) == pytest.approx(4.0 / 3.2)  # the bound is
+    assert b.floor_ratio(floors) == pytest.approx(4.0 / 3.0)  # the arithmetic is the larger
+    assert b.floor_ratio({**floors, b.BOUND8: 3.2}) == pytest.approx(4.0 / 3.2)  # the bound is
+
+
+def test_bench_state8_steps_both_cached_tensors_as_often(monkeypatch):
+    import bench_state8 as b
+
+    calls = {}
+
+    def counting_scratch(state_bits):
+        def make(count, size):
+            def step():
+                calls[size] = calls.get(size, 0) + 1
+            return step, lambda: 0
+        return make
+
+    monkeypatch.setattr(b, "scratch", counting_scratch)
+    case = (1, 10 * b.CACHED_SIZES[0])
+    for n in b.CACHED_SIZES:
+        b.cached(8, n)(*case)[0]()
+    assert calls == {n: b.cached_calls(*case) for n in b.CACHED_SIZES}

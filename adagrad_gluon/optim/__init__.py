@@ -4,7 +4,8 @@
   ``adagrad_update``, ``denominator()``, the ``Step`` record and ``reference_steps``;
 * :mod:`.options`: ``AdagradOptions`` (frozen, checked) and the ``compat=`` presets;
 * :mod:`.optimizer`: :class:`AdagradScratch`, registered as ``adagrad_scratch``, with
-  :mod:`.checks` (the arrays of an update) and :mod:`.nonfinite` (``nonfinite='skip'|'raise'``);
+  :mod:`.checks` (the arrays of an update), :mod:`.sparse_grads` (a ``row_sparse`` gradient's
+  host row check and huge pages) and :mod:`.nonfinite` (``nonfinite='skip'|'raise'``);
 * :mod:`.lazy_decay`: exact weight decay of the rows a ``row_sparse`` update skips;
   :mod:`.sparse_weights`: the ``row_sparse`` weights a kvstore keeps (parameter servers);
   :mod:`.flat`: ``flatten_parameters``, many parameters as views into one buffer;
