@@ -283,12 +283,11 @@ def fused_quantized_steps(steps: Sequence[Step], options: AdagradOptions) -> Non
     for with_masters, group in groups.items():
         if not group:
             continue
-        kernels.load()
         arrays = [array for s in group for array in
                   (s.weight, s.grad, s.acc.codes, s.acc.scales)
                   + ((s.master,) if with_masters else ())]
-        nd.adagrad_gluon_q8_update(*arrays, **kernels.multi_attributes(group, options,
-                                                                      with_masters))
+        kernels.operator("adagrad_gluon_q8_update")(
+            *arrays, **kernels.multi_attributes(group, options, with_masters))
 
 
 def run_steps(run: Callable[[Sequence[Step], AdagradOptions], None], steps: Sequence[Step],

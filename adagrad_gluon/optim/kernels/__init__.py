@@ -59,7 +59,8 @@ __all__ = ["AGGREGATE_NUM", "BUILD_TIMEOUT_SECONDS", "CXXFLAGS", "CXX_ENV", "KER
            "KERNEL_ENV", "LIBRARY_NAME", "NUM_THREADS_ENV", "SOURCE", "KernelFallbackWarning",
            "KernelUnavailableError", "Step", "available", "build", "build_module", "cache_dir",
            "check_kernel", "compiler", "fused_steps", "library_path", "load", "num_threads",
-           "PreparedUpdate", "prepare", "resolve_kernel", "set_num_threads", "supports"]
+           "operator", "PreparedUpdate", "prepare", "resolve_kernel", "set_num_threads",
+           "supports"]
 
 KERNEL_ENV = "ADAGRAD_GLUON_KERNEL"
 NUM_THREADS_ENV = "ADAGRAD_GLUON_NUM_THREADS"
@@ -74,7 +75,7 @@ _DEFAULT_ATTRS = dict(eps="1e-06", rescale_grad="1.0", eps_placement="inside",
 _ROWWISE_OPS = {False: "adagrad_gluon_rowwise_update",
                 True: "adagrad_gluon_rowwise_row_sparse_update"}
 _DENSE_OP = "adagrad_gluon_update"  # one dense tensor
-_OPS = (_DENSE_OP, "adagrad_gluon_multi_update",
+_OPS = (_DENSE_OP, "adagrad_gluon_multi_update", "adagrad_gluon_q8_update",
         "adagrad_gluon_row_sparse_update", *_ROWWISE_OPS.values())
 
 
@@ -194,7 +195,9 @@ def grad_state_loops() -> GradStateLoops | None:
     return _library.grad_state_loops
 
 
-def _op(name: str) -> Operator:
+def operator(name: str) -> Operator:
+    """This library's operator ``name``, called without the Python of MXNet's generated
+    ``nd.<name>`` (see :mod:`.invoke`); loads (and if need be builds) the library."""
     if _library.path is None:
         load()
     return _library.ops[name]
@@ -302,13 +305,13 @@ def fused_steps(steps: Sequence[Step], options: AdagradOptions) -> None:
     and on row indices out of order or range."""
     dense: dict[bool, list[Step]] = {False: [], True: []}  # by: with master weights?
     for step in steps:
-        operator = _single_operator(step, options)
-        if operator is None:
+        name = _single_operator(step, options)
+        if name is None:
             reference_steps([step], options)
-        elif operator == _DENSE_OP:
+        elif name == _DENSE_OP:
             dense[step.master is not None].append(step)
         else:
-            PreparedUpdate(operator, step, options)(step.lr, step.wd)
+            PreparedUpdate(name, step, options)(step.lr, step.wd)
     for with_masters, group in dense.items():
         if len(group) == 1:
             PreparedUpdate(_DENSE_OP, group[0], options)(group[0].lr, group[0].wd)
@@ -331,10 +334,10 @@ class PreparedUpdate:
     the arrays' handles (kept alive with the arrays) and the options' attributes. Call it with
     ``(lr, wd)``; a parameter server's per-key calls reuse it (see :func:`prepare`)."""
 
-    def __init__(self, operator: str, step: Step, options: AdagradOptions) -> None:
+    def __init__(self, name: str, step: Step, options: AdagradOptions) -> None:
         self._arrays = _arrays(step)
         self._inputs = handles(self._arrays)
-        self._operator = _op(operator)
+        self._operator = operator(name)
         self._attributes = _single_attributes(options, step.master is not None)
 
     def __call__(self, lr: float, wd: float) -> None:
@@ -347,14 +350,15 @@ def prepare(step: Step, options: AdagradOptions) -> PreparedUpdate | None:
     """The update :func:`fused_steps` runs for ``[step]`` alone with ``options``, prepared
     (a row_sparse gradient's rows are read when it runs: the same array may hold other rows
     at each call); None for the reference path."""
-    operator = _single_operator(step, options)
-    return None if operator is None else PreparedUpdate(operator, step, options)
+    name = _single_operator(step, options)
+    return None if name is None else PreparedUpdate(name, step, options)
 
 
 def _multi_update(steps: list[Step], options: AdagradOptions, with_masters: bool) -> None:
     """One multi-tensor call: weight, grad, acc[, master] of each step."""
-    _op("adagrad_gluon_multi_update")(*[array for step in steps for array in _arrays(step)],
-                                      **multi_attributes(steps, options, with_masters))
+    operator("adagrad_gluon_multi_update")(
+        *[array for step in steps for array in _arrays(step)],
+        **multi_attributes(steps, options, with_masters))
 
 
 def multi_attributes(steps: Sequence[Step], options: AdagradOptions,
