@@ -399,16 +399,15 @@ class AdagradScratch(LazyDecayMixin, RowSparseUpkeep, mx.optimizer.Optimizer):
         the host as ``host_row_check`` says."""
         plain = self.nonfinite == "propagate" and not self._row_decay
         known = self._prepared_keys.get(index) if plain else None
-        if (known is not None and known.grad is grad and known.update is not None
-                and known.weight is weight and known.state is state
+        if (known is not None and known.checked.grad is grad and known.update is not None
+                and known.checked.weight is weight and known.state is state
                 and known.options is self.options):
             wd = flush_subnormal(self._get_wds([index])[0])
             _check_no_decay(self.compat, wd)
-            if not known.checked.row_sparse:
-                known.update(self._count_and_lrs([index])[0], wd)
-                return
-            if not wd:  # (else lazy weight decay begins: the whole path, below)
-                self._row_sparse_upkeep([index], [known.checked])
+            row_sparse = known.checked.row_sparse
+            if not (row_sparse and wd):  # (else lazy weight decay begins: the whole path)
+                if row_sparse:
+                    self._row_sparse_upkeep([index], [known.checked])
                 known.update(self._count_and_lrs([index])[0], wd)
                 return
         self._update_lists([index], [weight], [grad], [state])
@@ -430,12 +429,11 @@ class AdagradScratch(LazyDecayMixin, RowSparseUpkeep, mx.optimizer.Optimizer):
         if checked is None or isinstance(acc, QuantizedAcc) or not _same_objects(
                 checked, (weight, grad, acc, master)):
             return None
-        if checked.row_sparse and (last is None or last.grad is not grad):
-            return _PreparedKey(weight, grad, state, options, None, checked)
+        if checked.row_sparse and (last is None or last.checked.grad is not grad):
+            return _PreparedKey(state, options, None, checked)
         update = kernels.prepare(Step(weight, grad, acc, master, 0.0, 0.0, checked.row_sparse),
                                  options)
-        return None if update is None else _PreparedKey(weight, grad, state, options, update,
-                                                        checked)
+        return None if update is None else _PreparedKey(state, options, update, checked)
 
     def _checked_call(self, indices, weights, grads, states, **check_options) -> list | None:
         """:func:`~.checks.checked_arrays` (with ``check_options``) of each parameter of one
@@ -522,11 +520,10 @@ class AdagradScratch(LazyDecayMixin, RowSparseUpkeep, mx.optimizer.Optimizer):
 
 
 class _PreparedKey(NamedTuple):
-    """A per-key call's arrays and options, the fused update prepared for them (None: a
-    row_sparse gradient seen once) and the arrays as :class:`~.checks.Checked`."""
+    """A per-key call's state and options, the fused update prepared for them (None: a
+    row_sparse gradient seen once) and its arrays as :class:`~.checks.Checked` (the weight and
+    gradient the call handed)."""
 
-    weight: nd.NDArray
-    grad: nd.NDArray
     state: State
     options: AdagradOptions
     update: kernels.PreparedUpdate | None
