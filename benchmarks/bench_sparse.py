@@ -156,7 +156,7 @@ def row_sparse_grads(case: Case) -> list[nd.NDArray]:
 def scratch_on_huge_pages(case: Case) -> bool:
     """Whether ``adagrad_scratch`` (``huge_pages=None``) backs this case's tables by huge
     pages: a table of at least 64 MiB, where the advice applies."""
-    return pages.available() and case.weight.nbytes >= pages.LARGE_TABLE_BYTES
+    return pages.available() and pages.advised(None, case.weight.nbytes)
 
 
 def huge_page_methods(case: Case) -> frozenset[str]:

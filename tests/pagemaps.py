@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from adagrad_gluon.optim import pages
+
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -28,3 +30,17 @@ def anon_huge_kb(address: int, size: int) -> int:
         elif inside and fields[0] == "AnonHugePages:":
             total += int(fields[1])
     return total
+
+
+def record_madvise(monkeypatch) -> list:
+    """``(start, length, advice)`` of every madvise call :mod:`adagrad_gluon.optim.pages`
+    makes from now on (the test's end undoes it), each passed on to the real one."""
+    seen = []
+    real = pages._madvise()
+
+    def recording(start, length, advice):
+        seen.append((start, length, advice))
+        return real(start, length, advice) if real is not None else 0
+
+    monkeypatch.setattr(pages, "_madvise", lambda: recording)
+    return seen

@@ -16,7 +16,7 @@ with mock.patch.dict(os.environ):  # the OMP_WAIT_POLICY it sets is for its own 
     import bench_sparse  # noqa: E402
 import readme_tables  # noqa: E402
 
-from .pagemaps import anon_huge_kb, thp_mode  # noqa: E402
+from .pagemaps import anon_huge_kb, record_madvise, thp_mode  # noqa: E402
 
 
 def test_power_law_rows_are_unique_sorted_in_range_and_skewed():
@@ -130,20 +130,25 @@ def test_the_fractions_compare_like_with_like(monkeypatch):
     assert not bench_sparse.huge_page_methods(large) & set(bench_sparse.SCRATCH)
 
 
+BOTH_ADVICE = [bench_sparse.pages.MADV_HUGEPAGE, bench_sparse.pages.MADV_COLLAPSE]
+
+
+def _advice(calls: list) -> list:
+    """The advice of each recorded madvise call, in order."""
+    return [advice for _, _, advice in calls]
+
+
 def test_the_huge_page_methods_advise_their_tables_and_the_others_do_not(monkeypatch):
-    advised = []
-    real = bench_sparse.pages._madvise()
-    monkeypatch.setattr(bench_sparse.pages, "_madvise", lambda: lambda *args: advised.append(
-        args[2]) or (real(*args) if real is not None else 0))
+    calls = record_madvise(monkeypatch)  # bench_sparse.pages is the package's pages module
     case = bench_sparse.Case(table=150_000, width=64, rows=100, batches=1, alpha=1.0)  # 38.4 MB
     default = bench_sparse.bound_arrays(case, bench_sparse.ELEMENTWISE, huge_pages=False)
     bench_sparse.mxnet_method("adagrad")(case)()
-    assert advised == []
+    assert _advice(calls) == []
     huge = bench_sparse.bound_arrays(case, bench_sparse.ELEMENTWISE, huge_pages=True)
-    assert advised == [bench_sparse.pages.MADV_HUGEPAGE, bench_sparse.pages.MADV_COLLAPSE] * 2
-    advised.clear()
+    assert _advice(calls) == BOTH_ADVICE * 2
+    calls.clear()
     bench_sparse.mxnet_method("adagrad", huge_pages=True)(case)()  # weight and its history
-    assert advised == [bench_sparse.pages.MADV_HUGEPAGE, bench_sparse.pages.MADV_COLLAPSE] * 2
+    assert _advice(calls) == BOTH_ADVICE * 2
     if thp_mode() == "madvise":  # what the kernel maps ('always' maps huge pages everywhere)
         for array in default:  # numpy's own MADV_HUGEPAGE of large arrays was turned off
             assert anon_huge_kb(array.ctypes.data, array.nbytes) == 0

@@ -13,7 +13,7 @@ from mxnet import nd
 from adagrad_gluon import AdagradScratch
 from adagrad_gluon.optim import pages
 
-from .pagemaps import anon_huge_kb, thp_mode
+from .pagemaps import anon_huge_kb, record_madvise, thp_mode
 
 WIDTH = 64
 needs_thp = pytest.mark.skipif(
@@ -25,15 +25,7 @@ needs_thp = pytest.mark.skipif(
 @pytest.fixture
 def calls(monkeypatch) -> list:
     """``(start, length, advice)`` of every madvise call, passed on to the real one."""
-    seen = []
-    real = pages._madvise()
-
-    def recording(start, length, advice):
-        seen.append((start, length, advice))
-        return real(start, length, advice) if real is not None else 0
-
-    monkeypatch.setattr(pages, "_madvise", lambda: recording)
-    return seen
+    return record_madvise(monkeypatch)
 
 
 def _row_sparse(rows, table, step=0):
@@ -60,7 +52,7 @@ def _run(table, steps=3, **options):
 
 def _advised(calls, array) -> set:
     """The advice given for the huge pages inside ``array``."""
-    interior = pages.huge_page_interior(pages._data_address(array), pages.nbytes(array))
+    interior = pages.huge_page_interior(pages.data_address(array), pages.nbytes(array))
     return {advice for start, length, advice in calls if (start, length) == interior}
 
 
@@ -73,7 +65,7 @@ def test_a_large_row_sparse_table_is_backed_by_huge_pages_once(calls):
     nd.waitall()
     for array in (weight, acc):
         assert _advised(calls, array) == {pages.MADV_HUGEPAGE, pages.MADV_COLLAPSE}
-        assert anon_huge_kb(pages._data_address(array), pages.nbytes(array)) > 0
+        assert anon_huge_kb(pages.data_address(array), pages.nbytes(array)) > 0
     assert len(calls) == 4  # two arrays, two advices each, over three updates
 
 

@@ -10,6 +10,7 @@ from mxnet import nd
 
 from adagrad_gluon import AdagradScratch, kernels
 from adagrad_gluon.functional import Step, reference_steps
+from adagrad_gluon.optim import pages
 from adagrad_gluon.optim.options import AdagradOptions
 
 from .test_kernels import assert_bits_equal
@@ -93,9 +94,7 @@ def test_the_kernel_refuses_bad_rows_before_writing(rows):
 def _memory(array: nd.NDArray) -> np.ndarray:
     """A copy of a float32 array's memory, read without waiting on (or raising) its engine
     variable: the operator that failed on it has finished."""
-    pointer = ctypes.c_void_p()
-    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    buffer = (ctypes.c_float * array.size).from_address(pointer.value)
+    buffer = (ctypes.c_float * array.size).from_address(pages.data_address(array))
     return np.frombuffer(buffer, dtype=np.float32).reshape(array.shape).copy()
 
 

@@ -31,8 +31,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-__all__ = ["HUGE_PAGE", "LARGE_TABLE_BYTES", "advise", "advise_memory", "available",
-           "huge_page_interior", "nbytes"]
+__all__ = ["HUGE_PAGE", "LARGE_TABLE_BYTES", "advise", "advise_memory", "advised",
+           "available", "data_address", "huge_page_interior", "nbytes"]
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
@@ -47,6 +47,13 @@ THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 def nbytes(array: nd.NDArray) -> int:
     """The bytes of ``array``'s data."""
     return array.size * np.dtype(array.dtype).itemsize
+
+
+def advised(setting: bool | None, nbytes: int) -> bool:
+    """Whether ``AdagradScratch(huge_pages=setting)`` advises a table of ``nbytes``: every
+    table (True), none (False), or from :data:`LARGE_TABLE_BYTES` on (None); where
+    :func:`available` allows it."""
+    return bool(setting) or (setting is None and nbytes >= LARGE_TABLE_BYTES)
 
 
 def huge_page_interior(address: int, size: int) -> tuple[int, int]:
@@ -67,7 +74,7 @@ def advise(arrays: Iterable[nd.NDArray]) -> None:
     for array in arrays:
         if array.context.device_type == "cpu":
             array.wait_to_read()
-            advise_memory(_data_address(array), nbytes(array))
+            advise_memory(data_address(array), nbytes(array))
 
 
 def advise_memory(address: int, size: int) -> None:
@@ -111,8 +118,9 @@ def _thp_allowed() -> bool:
         return False
 
 
-def _data_address(array: nd.NDArray) -> int:
-    """The address of ``array``'s data (MXNet's C API ``MXNDArrayGetData``)."""
+def data_address(array: nd.NDArray) -> int:
+    """The address of ``array``'s data (MXNet's C API ``MXNDArrayGetData``; it neither waits
+    for the array's pending operations nor raises their errors)."""
     pointer = ctypes.c_void_p()
     mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
     return pointer.value or 0

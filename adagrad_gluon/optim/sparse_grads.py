@@ -69,7 +69,7 @@ class RowSparseUpkeep:
                 key = (index, arrays.weight.context)
                 if self._paged.get(key) != seen:
                     self._paged[key] = seen
-                    if self.huge_pages or pages.nbytes(arrays.weight) >= pages.LARGE_TABLE_BYTES:
+                    if pages.advised(self.huge_pages, pages.nbytes(arrays.weight)):
                         pages.advise(_memory_arrays(tables))
 
     def _kernel_checks_rows(self, arrays) -> bool:

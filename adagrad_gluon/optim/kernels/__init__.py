@@ -58,9 +58,9 @@ from .invoke import Attributes, Operator, handles
 __all__ = ["AGGREGATE_NUM", "BUILD_TIMEOUT_SECONDS", "CXXFLAGS", "CXX_ENV", "KERNELS",
            "KERNEL_ENV", "LIBRARY_NAME", "NUM_THREADS_ENV", "SOURCE", "KernelFallbackWarning",
            "KernelUnavailableError", "Step", "available", "build", "build_module", "cache_dir",
-           "check_kernel", "compiler", "fused_steps", "library_path", "load", "num_threads",
-           "operator", "PreparedUpdate", "prepare", "resolve_kernel", "set_num_threads",
-           "supports"]
+           "check_kernel", "compiler", "fused_steps", "library_path", "load", "multi_attributes",
+           "num_threads", "operator", "PreparedUpdate", "prepare", "resolve_kernel",
+           "set_num_threads", "supports"]
 
 KERNEL_ENV = "ADAGRAD_GLUON_KERNEL"
 NUM_THREADS_ENV = "ADAGRAD_GLUON_NUM_THREADS"
